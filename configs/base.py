@@ -1,0 +1,90 @@
+"""Defaults shared by every config: the paper's hyper-parameters (Sec. 4.1, App. B, DESIGN.md).
+
+Each run config imports this, overrides what differs, and returns the ConfigDict. Every field can be
+overridden on the command line, e.g. `--config.sr.loss.lambda_vit=0`.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+
+  # Data: shards written by `python -m data_prep --dataset=<dataset> --data_dir=<data_dir>`.
+  config.dataset = "ixi"
+  config.data_dir = "data"
+  config.scale = 4                  # 2 or 4: LR is made from HR on the fly (mrsr_jax/data/degrade.py).
+  config.degradation = "bicubic"    # "bicubic" (the paper's protocol) or "kspace" (MRI-realistic).
+  config.hamming = False            # Hamming window on the kept k-space band (degradation="kspace").
+  config.crop_size = 240            # HR training crop M (IXI sub-volume is 240x240 in-plane).
+  config.seed = 0
+  config.stages = ("vit", "ae", "sr")
+  config.dtype = "float32"          # compute dtype; "bfloat16" for mixed precision (params stay float32).
+  config.grad_clip_norm = 0.0       # 0 disables gradient clipping.
+  config.shuffle_buffer = 2048
+
+  # Logging and checkpoints (all stages).
+  config.log_every_steps = 50
+  config.image_every_steps = 1000
+  config.checkpoint_every_steps = 1000
+  config.keep_checkpoints = 3
+
+  # Stage 1: self-supervised fine-tuning of UNETR's ViT (paper 3.2, 4.1).
+  config.vit = ml_collections.ConfigDict()
+  config.vit.model = ml_collections.ConfigDict(dict(
+      patch_size=16, hidden_size=768, mlp_dim=3072, num_layers=12, num_heads=12, dropout_rate=0.0))
+  config.vit.pretext = "masked_patch"   # "masked_patch" (ViT paper; more stable per 3.2) or "classify".
+  config.vit.mask_ratio = 0.5
+  config.vit.num_bins = 8               # masked-patch target: mean intensity quantised to 3 bits.
+  config.vit.init_checkpoint = ""       # optional MONAI UNETR state dict (.pt) to start from.
+  config.vit.batch_size = 6
+  config.vit.num_steps = 20_000
+  config.vit.num_epochs = 0             # >0 overrides num_steps from the train split size.
+  config.vit.learning_rate = 1e-4
+  config.vit.weight_decay = 1e-4
+
+  # Stage 2: swapping autoencoder (paper 3.3, App. A).
+  config.ae = ml_collections.ConfigDict()
+  config.ae.model = ml_collections.ConfigDict(dict(
+      features=(64, 64, 32, 32), structure_channels=8, texture_dim=256))
+  config.ae.crop_size = 256             # AE input 256x256 (4.1); slices are padded to it.
+  config.ae.batch_size = 16
+  config.ae.num_steps = 0
+  config.ae.num_epochs = 100
+  config.ae.learning_rate = 2e-4
+  config.ae.b1 = 0.5
+  config.ae.b2 = 0.999
+  config.ae.w_adv = 0.7                 # Eq. 6
+  config.ae.w_swap = 0.7
+
+  # Stage 3: the SR GAN (paper 3.3 end, 4.1, App. E).
+  config.sr = ml_collections.ConfigDict()
+  config.sr.model = ml_collections.ConfigDict(dict(num_blocks=16, features=64))
+  config.sr.disc_features = 64
+  config.sr.batch_size = 256
+  config.sr.num_steps = 0
+  config.sr.num_epochs = 100
+  config.sr.learning_rate = 1e-4
+  config.sr.b1 = 0.9
+  config.sr.b2 = 0.999
+  config.sr.weight_decay = 0.1
+  config.sr.features_workdir = ""      # workdir whose vit/ae checkpoints feed the SR loss (default: this one).
+  config.sr.loss = ml_collections.ConfigDict(dict(
+      adv_weight=1e-3,       # Eq. 9 weighs L_adv by 1; see docs/paper_deviations.md.
+      lambda_vit=1.0,        # lambda_1
+      lambda_str=1.0,        # lambda_2
+      lambda_tex=0.9,        # lambda_3
+      pixel_weight=1.0,      # L1 to HR; Eq. 9 has none (DESIGN.md). 0 gives the paper-exact loss.
+      feature_target="lr",   # compare features of y with those of x (paper) or of the HR slice ("hr").
+  ))
+
+  # Evaluation (--mode=eval) and prediction (--mode=predict).
+  config.eval = ml_collections.ConfigDict()
+  config.eval.split = "test"
+  config.eval.batch_size = 32
+  config.eval.size = 240                # slices centre-padded/cropped to this for evaluation.
+  config.eval.ablation_workdirs = ()    # (name, workdir) pairs of ablation runs to add as rows.
+  config.eval.num_figure_slices = 3
+  config.predict = ml_collections.ConfigDict()
+  config.predict.batch_size = 16
+  return config

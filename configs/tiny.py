@@ -1,0 +1,25 @@
+"""Test-size variant of the demo: a few steps of every stage, seconds on CPU."""
+
+from configs import demo
+
+
+def get_config():
+  config = demo.get_config()
+  config.crop_size = 32
+  config.log_every_steps = 2
+  config.image_every_steps = 4
+  config.checkpoint_every_steps = 2
+  config.vit.model.update(hidden_size=32, mlp_dim=64, num_layers=1, num_heads=2)
+  config.vit.batch_size = 8
+  config.vit.num_steps = 3
+  config.ae.model.update(features=(8, 8, 4, 4), structure_channels=2, texture_dim=8)
+  config.ae.crop_size = 32
+  config.ae.batch_size = 8
+  config.ae.num_steps = 3
+  config.sr.model.update(num_blocks=1, features=8)
+  config.sr.disc_features = 4
+  config.sr.batch_size = 8
+  config.sr.num_steps = 4
+  config.eval.size = 64
+  config.eval.batch_size = 8
+  return config

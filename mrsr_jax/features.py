@@ -1,0 +1,58 @@
+"""The frozen feature extractors of the SR loss: f_ViT (Eq. 8) and the AE codes z_s, z_t (Eq. 7).
+
+Both come from earlier stages' checkpoints and are used with their params closed over as constants of
+the SR step: they are not in the optimiser, and nothing differentiates with respect to them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from mrsr_jax.models import swap_ae, vit as vit_lib
+
+
+def vit_module(config: ml_collections.ConfigDict, size: int) -> vit_lib.ViT:
+  """The 2D ViT the pipeline fine-tunes and uses, for square slices of `size`."""
+  if size % config.vit.model.patch_size:
+    raise ValueError(f"crop_size {size} is not a multiple of the ViT patch size "
+                     f"{config.vit.model.patch_size}")
+  return vit_lib.ViT(img_size=(size, size), in_channels=1, dtype=jnp.dtype(config.dtype),
+                     **config.vit.model)
+
+
+def ae_encoder(config: ml_collections.ConfigDict) -> swap_ae.SwapEncoder:
+  m = config.ae.model
+  return swap_ae.SwapEncoder(features=tuple(m.features), structure_channels=m.structure_channels,
+                             texture_dim=m.texture_dim, dtype=jnp.dtype(config.dtype))
+
+
+def needed(loss_cfg: Mapping[str, Any]) -> set[str]:
+  """Which features the loss weights ask for: a zero weight means the extractor never runs."""
+  out = set()
+  if loss_cfg["lambda_vit"]:
+    out.add("vit")
+  if loss_cfg["lambda_str"]:
+    out.add("z_s")
+  if loss_cfg["lambda_tex"]:
+    out.add("z_t")
+  return out
+
+
+def extract(config: ml_collections.ConfigDict, frozen: Mapping[str, Any], images: jax.Array,
+            which: set[str]) -> dict[str, jax.Array]:
+  """Features of `images` [B, M, M, 1] from the frozen params {'vit': ..., 'ae_enc': ...}."""
+  feats = {}
+  if "vit" in which:
+    out, _ = vit_module(config, images.shape[1]).apply({"params": frozen["vit"]}, images)
+    feats["vit"] = vit_lib.vit_feature(out).astype(jnp.float32)
+  if which & {"z_s", "z_t"}:
+    z_s, z_t = ae_encoder(config).apply({"params": frozen["ae_enc"]}, images)
+    if "z_s" in which:
+      feats["z_s"] = z_s.astype(jnp.float32)
+    if "z_t" in which:
+      feats["z_t"] = z_t.astype(jnp.float32)
+  return feats

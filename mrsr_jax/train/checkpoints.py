@@ -1,0 +1,69 @@
+"""orbax checkpoints of a stage, and the one resume order every stage follows.
+
+Resume order (written once, used by all stages): the stage's own latest checkpoint, else a fresh
+initialisation. What is saved is everything needed for a bit-exact continuation: the TrainState
+(step, params, optimiser state, BatchNorm statistics). The RNG is a pure function of (seed, step)
+and the data position equals the step (the pipeline is deterministic for a seed and skips that many
+batches), so both are restored by restoring the step.
+
+orbax writes each checkpoint into a temporary directory and renames it when complete, so a run killed
+during a save leaves the previous checkpoint intact and the partial one is ignored on restart.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+
+def manager(directory: str, *, keep: int = 3) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                         cleanup_tmp_directories=True)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                               item_names=("state", "meta"))
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict[str, Any]) -> None:
+  # Only the pytree leaves are saved; optax transformations live in the (static) TrainState fields.
+  mngr.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+
+
+def restore(mngr: ocp.CheckpointManager, abstract_state: Any, step: int | None = None
+            ) -> tuple[Any, dict[str, Any], int]:
+  """Restores `step` (default: latest) into the structure and shardings of `abstract_state`."""
+  step = mngr.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"{mngr.directory}: no checkpoint to restore")
+  restored = mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+  return restored["state"], restored["meta"], step
+
+
+def restore_or_init(mngr: ocp.CheckpointManager, init_fn, abstract_state: Any
+                    ) -> tuple[Any, int]:
+  """The resume order: own latest checkpoint, else `init_fn()`. Returns (state, start step)."""
+  if mngr.latest_step() is not None:
+    state, _, step = restore(mngr, abstract_state)
+    logging.info("Resuming from %s at step %d", mngr.directory, step)
+    return state, step
+  return init_fn(), 0
+
+
+def abstract_with_shardings(tree: Any, sharding) -> Any:
+  """ShapeDtypeStructs carrying `sharding`, the restore target orbax needs to place arrays."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def latest_step(directory: str) -> int | None:
+  if not os.path.isdir(directory):
+    return None
+  mngr = ocp.CheckpointManager(os.path.abspath(directory), item_names=("state", "meta"))
+  try:
+    return mngr.latest_step()
+  finally:
+    mngr.close()

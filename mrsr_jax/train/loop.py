@@ -1,0 +1,215 @@
+"""The training loop every stage runs: resume, step, log, summarise, checkpoint, stop on NaN.
+
+Hooks follow the flax examples: clu's ReportProgress for steps/s and ETA, a clu metric writer
+(TensorBoard + console, and a JSON-lines copy that the evaluation report plots as Fig. 7), image
+summaries every `image_every_steps`, and orbax saves every `checkpoint_every_steps` and at the end.
+Only process 0 writes logs and summaries; every process takes part in checkpointing.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import math
+import os
+import time
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers, periodic_actions
+
+from mrsr_jax import sharding
+from mrsr_jax.data import pipeline, records
+from mrsr_jax.train import checkpoints, step as step_lib
+from mrsr_jax.train.state import TrainState
+
+
+class NonFiniteLossError(RuntimeError):
+  pass
+
+
+class Stage(abc.ABC):
+  """One stage of the pipeline: its networks, its loss, its data shape."""
+
+  name: str
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    self.config = config
+    self.workdir = workdir
+    self.cfg = config[self.name]
+    self.dtype = jnp.dtype(config.dtype)
+
+  # What the stage trains on.
+  @property
+  def batch_size(self) -> int:
+    return self.cfg.batch_size
+
+  @property
+  def crop_size(self) -> int:
+    return self.cfg.get("crop_size", None) or self.config.crop_size
+
+  @property
+  def dir(self) -> str:
+    return os.path.join(self.workdir, self.name)
+
+  def num_steps(self, info: dict[str, Any]) -> int:
+    if self.cfg.get("num_steps", 0) > 0:
+      return int(self.cfg.num_steps)
+    n = records.split_size(info, "train")
+    return max(1, math.ceil(self.cfg.num_epochs * n / self.batch_size))
+
+  @abc.abstractmethod
+  def init(self, rng: jax.Array) -> TrainState:
+    """Fresh state for one example batch shape (called under jit)."""
+
+  @abc.abstractmethod
+  def update(self, state: TrainState, batch: dict, rng: jax.Array, frozen: Any
+             ) -> tuple[TrainState, dict[str, jax.Array]]:
+    """The pure step: one optimiser update of every network of the stage."""
+
+  def frozen(self, mesh) -> Any:
+    """Frozen inputs of the step (feature extractors of earlier stages); none by default."""
+    return {}
+
+  def images(self, state: TrainState, batch: dict, rng: jax.Array, frozen: Any
+             ) -> dict[str, jax.Array]:
+    """Images for the summaries, each [N, H, W, 1] in [0, 1]; none by default."""
+    return {}
+
+  def hparams(self) -> dict[str, Any]:
+    flat = {}
+    for k, v in self.cfg.items():
+      if isinstance(v, ml_collections.ConfigDict):
+        flat.update({f"{self.name}.{k}.{kk}": vv for kk, vv in v.items()})
+      else:
+        flat[f"{self.name}.{k}"] = v
+    return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in flat.items()}
+
+
+class JsonlWriter(metric_writers.MetricWriter):
+  """Scalars as JSON lines (one per step): the loss-curve source of the evaluation report."""
+
+  def __init__(self, path: str):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    self._f = open(path, "a")
+
+  def write_scalars(self, step, scalars):
+    self._f.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n")
+
+  def write_summaries(self, step, values, metadata=None): pass
+  def write_images(self, step, images): pass
+  def write_videos(self, step, videos): pass
+  def write_audios(self, step, audios, *, sample_rate): pass
+  def write_texts(self, step, texts): pass
+  def write_histograms(self, step, arrays, num_buckets=None): pass
+  def write_hparams(self, hparams): pass
+
+  def flush(self):
+    self._f.flush()
+
+  def close(self):
+    self._f.close()
+
+
+def make_writer(stage_dir: str) -> metric_writers.MetricWriter:
+  if jax.process_index() != 0:
+    return metric_writers.create_default_writer(just_logging=True)
+  return metric_writers.MultiWriter([
+      metric_writers.create_default_writer(os.path.join(stage_dir, "logs")),
+      JsonlWriter(os.path.join(stage_dir, "metrics.jsonl")),
+  ])
+
+
+def dataset_dir(config) -> str:
+  return os.path.join(config.data_dir, config.dataset)
+
+
+def train_iterator(stage: Stage, config, start_step: int, mesh) -> Iterator[dict]:
+  ds = pipeline.create_dataset(
+      dataset_dir(config), "train", global_batch_size=stage.batch_size, crop_size=stage.crop_size,
+      seed=config.seed, train=True, start_step=start_step,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  for batch in ds.as_numpy_iterator():
+    yield sharding.to_global({"hr": batch["hr"], "label": batch["label"]}, mesh)
+
+
+def init_state(stage: Stage, mesh) -> tuple[TrainState, Any]:
+  """Initialises under jit straight into the replicated layout; returns (state, abstract state)."""
+  rep = sharding.replicated(mesh)
+  rng = jax.random.key(stage.config.seed)
+  abstract = jax.eval_shape(stage.init, rng)
+  init = jax.jit(stage.init, out_shardings=rep)
+  return init, checkpoints.abstract_with_shardings(abstract, rep)
+
+
+def train_stage(stage: Stage, mesh) -> TrainState:
+  """Trains `stage` to its step count, resuming from its checkpoints; returns the final state."""
+  config = stage.config
+  info = records.read_info(dataset_dir(config))
+  num_steps = stage.num_steps(info)
+  sharding.check_batch_size(stage.batch_size, mesh)
+  mngr = checkpoints.manager(os.path.join(stage.dir, "checkpoints"), keep=config.keep_checkpoints)
+  init, abstract = init_state(stage, mesh)
+  state, start = checkpoints.restore_or_init(mngr, lambda: init(jax.random.key(config.seed)), abstract)
+  if start >= num_steps:
+    logging.info("[%s] complete (%d/%d steps); skipped", stage.name, start, num_steps)
+    mngr.close()
+    return state
+
+  frozen = stage.frozen(mesh)
+  update = step_lib.compile_step(stage.update, mesh)
+  images_fn = jax.jit(stage.images)
+  writer = make_writer(stage.dir)
+  if start == 0:
+    writer.write_hparams(stage.hparams())
+  progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
+                                             every_steps=config.log_every_steps)
+  meta = {"stage": stage.name, "num_steps": num_steps, "config": config.to_json_best_effort()}
+  logging.info("[%s] training steps %d..%d, global batch %d on %d devices", stage.name, start,
+               num_steps, stage.batch_size, mesh.devices.size)
+
+  batches = train_iterator(stage, config, start, mesh)
+  pending = None          # metrics of the previous step: checked after the next one is dispatched
+
+  def check(step_metrics, step_no):
+    host = jax.device_get(step_metrics)
+    bad = step_lib.first_nonfinite(host)
+    if bad is not None:
+      raise NonFiniteLossError(
+          f"[{stage.name}] non-finite loss term '{bad}' = {host[bad]} at step {step_no}; stopping. "
+          f"The last good checkpoint (step {mngr.latest_step()}) in {mngr.directory} is intact.")
+    return host
+
+  try:
+    for step in range(start, num_steps):
+      try:
+        batch = next(batches)
+      except StopIteration:
+        raise RuntimeError(f"[{stage.name}] the training data ran out at step {step}") from None
+      rng = step_lib.step_rng(config.seed, step)
+      state, metrics = update(state, batch, rng, frozen)
+      if pending is not None:
+        check(*pending)
+      pending = (metrics, step + 1)
+      done = step + 1
+      progress(done)
+      if done % config.log_every_steps == 0 or done == num_steps:
+        host = check(*pending)
+        writer.write_scalars(done, {f"{stage.name}/{k}": v for k, v in host.items()})
+      if config.image_every_steps and (done % config.image_every_steps == 0 or done == num_steps):
+        imgs = jax.device_get(images_fn(state, batch, rng, frozen))
+        writer.write_images(done, {f"{stage.name}/{k}": np.clip(v, 0, 1) for k, v in imgs.items()})
+      if done % config.checkpoint_every_steps == 0 or done == num_steps:
+        check(*pending)
+        checkpoints.save(mngr, done, state, meta)
+    mngr.wait_until_finished()
+  finally:
+    writer.flush()
+    writer.close()
+    mngr.close()
+  logging.info("[%s] finished %d steps", stage.name, num_steps)
+  return state

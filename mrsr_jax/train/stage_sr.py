@@ -1,0 +1,141 @@
+"""Stage 3: the SR GAN trained with L_SR (Eq. 9) against frozen ViT and AE features.
+
+The LR input is made from the HR crop on device (data/degrade.py), so one shard set serves 2× and
+4× and training, evaluation and prediction share one degradation. Generator and discriminator are
+updated in the same compiled step. The ViT and AE encoder params come from the earlier stages'
+checkpoints (only their params) and enter the step as the `frozen` argument: they are outside the
+optimiser and never differentiated.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+
+from mrsr_jax import features, losses
+from mrsr_jax.data import degrade
+from mrsr_jax.models import srgan
+from mrsr_jax.train import checkpoints, loop
+from mrsr_jax.train.state import TrainState, make_optimizer
+
+
+def generator(config) -> srgan.SRGenerator:
+  return srgan.SRGenerator(scale=config.scale, dtype=jnp.dtype(config.dtype), **config.sr.model)
+
+
+def make_lr(config, hr: jax.Array) -> jax.Array:
+  return degrade.downsample(hr, config.scale, method=config.degradation, hamming=config.hamming)
+
+
+class SRStage(loop.Stage):
+  name = "sr"
+
+  def __init__(self, config, workdir):
+    super().__init__(config, workdir)
+    self.gen = generator(config)
+    self.disc = srgan.SRDiscriminator(features=self.cfg.disc_features, dtype=self.dtype)
+    self.which = features.needed(self.cfg.loss)
+    tx = make_optimizer(self.cfg.learning_rate, b1=self.cfg.b1, b2=self.cfg.b2,
+                        weight_decay=self.cfg.weight_decay, grad_clip_norm=config.grad_clip_norm)
+    self.txs = {"gen": tx, "disc": tx}
+
+  def init(self, rng):
+    k_g, k_d = jax.random.split(rng)
+    m = self.crop_size
+    lr = jnp.zeros((1, m // self.config.scale, m // self.config.scale, 1), jnp.float32)
+    g = self.gen.init(k_g, lr, train=False)
+    d = self.disc.init(k_d, jnp.zeros((1, m, m, 1), jnp.float32), train=False)
+    return TrainState.create({"gen": g["params"], "disc": d["params"]}, self.txs,
+                             {"gen": g["batch_stats"], "disc": d["batch_stats"]})
+
+  # -- frozen feature extractors ------------------------------------------------------------------
+  def features_workdir(self) -> str:
+    return self.cfg.get("features_workdir", "") or self.workdir
+
+  def frozen(self, mesh):
+    """Restores only what the loss uses; a missing checkpoint is an error at start, not mid-run."""
+    from mrsr_jax.train.stage_ae import AEStage
+    from mrsr_jax.train.stage_vit import ViTStage
+    out = {}
+    if "vit" in self.which:
+      out["vit"] = restore_params(ViTStage(self.config, self.features_workdir()), mesh)["vit"]["vit"]
+    if self.which & {"z_s", "z_t"}:
+      out["ae_enc"] = restore_params(AEStage(self.config, self.features_workdir()), mesh)["enc"]
+    return out
+
+  # -- the step -----------------------------------------------------------------------------------
+  def _generate(self, params, stats, lr, train):
+    if train:
+      sr, upd = self.gen.apply({"params": params, "batch_stats": stats}, lr, train=True,
+                               mutable=["batch_stats"])
+      return sr.astype(jnp.float32), upd["batch_stats"]
+    sr = self.gen.apply({"params": params, "batch_stats": stats}, lr, train=False)
+    return sr.astype(jnp.float32), stats
+
+  def _disc(self, params, stats, x):
+    logits, upd = self.disc.apply({"params": params, "batch_stats": stats}, x.astype(self.dtype),
+                                  train=True, mutable=["batch_stats"])
+    return logits.astype(jnp.float32), upd["batch_stats"]
+
+  def update(self, state, batch, rng, frozen):
+    cfg = self.cfg.loss
+    hr = batch["hr"].astype(jnp.float32)
+    lr = make_lr(self.config, hr)
+    target = degrade.upsample_bicubic(lr, self.config.scale) if cfg.feature_target == "lr" else hr
+    feats_target = jax.lax.stop_gradient(features.extract(self.config, frozen, target, self.which))
+    p, s = state.params, state.batch_stats
+
+    def gen_loss(gen_params):
+      sr, gen_stats = self._generate(gen_params, s["gen"], lr.astype(self.dtype), train=True)
+      fake_logits, _ = self._disc(p["disc"], s["disc"], sr)   # D's stats move only in its own update
+      feats_sr = features.extract(self.config, frozen, sr, self.which)
+      total, parts = losses.sr_generator_loss(sr=sr, hr=hr, fake_logits=fake_logits,
+                                              feats_sr=feats_sr, feats_target=feats_target,
+                                              weights=cfg)
+      return total, (parts, sr, gen_stats)
+
+    _, (parts, sr, gen_stats), g_grads = loop.step_lib.value_and_grad_with_aux(gen_loss, p["gen"])
+
+    def disc_loss(disc_params):
+      # One pass over [HR; SR] so BatchNorm sees real and fake together, as a single batch.
+      logits, disc_stats = self._disc(disc_params, s["disc"],
+                                      jnp.concatenate([hr, jax.lax.stop_gradient(sr)]))
+      real, fake = jnp.split(logits, 2)
+      return losses.discriminator_loss(real, fake), disc_stats
+
+    d_loss, disc_stats, d_grads = loop.step_lib.value_and_grad_with_aux(disc_loss, p["disc"])
+    metrics = {f"g_{k}": v for k, v in parts.items()}
+    metrics["d_loss"] = d_loss
+    new = state.apply_gradients({"gen": g_grads, "disc": d_grads},
+                                batch_stats={"gen": gen_stats, "disc": disc_stats})
+    return new, metrics
+
+  def images(self, state, batch, rng, frozen):
+    hr = batch["hr"][:4].astype(jnp.float32)
+    lr = make_lr(self.config, hr)
+    sr, _ = self._generate(state.params["gen"], state.batch_stats["gen"], lr.astype(self.dtype),
+                           train=False)
+    bic = degrade.upsample_bicubic(lr, self.config.scale)
+    lr_big = jnp.repeat(jnp.repeat(lr, self.config.scale, 1), self.config.scale, 2)
+    return {"lr": lr_big, "bicubic": bic, "sr": sr, "hr": hr, "abs_error_x4": 4 * jnp.abs(sr - hr)}
+
+
+def restore_params(stage: loop.Stage, mesh) -> dict:
+  """Only the `params` of a finished earlier stage (replicated on `mesh`)."""
+  directory = os.path.join(stage.dir, "checkpoints")
+  if checkpoints.latest_step(directory) is None:
+    raise FileNotFoundError(
+        f"the SR stage needs the '{stage.name}' stage's checkpoint, but {directory} has none: "
+        f"train it first (stages=('{stage.name}', ...)) or set sr.features_workdir to a workdir "
+        f"that has it")
+  _, abstract = loop.init_state(stage, mesh)
+  mngr = checkpoints.manager(directory)
+  try:
+    state, _, step = checkpoints.restore(mngr, abstract)
+  finally:
+    mngr.close()
+  logging.info("SR stage: frozen '%s' params from %s (step %d)", stage.name, directory, step)
+  return state.params
