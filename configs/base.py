@@ -21,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.stages = ("vit", "ae", "sr")
   config.dtype = "float32"          # compute dtype; "bfloat16" for mixed precision (params stay float32).
   config.grad_clip_norm = 0.0       # 0 disables gradient clipping.
-  config.shuffle_buffer = 2048
+  config.input_readers = 0          # data readers (0: one per process); fix it to make batches independent of the process count.
 
   # Logging and checkpoints (all stages).
   config.log_every_steps = 50

@@ -13,7 +13,6 @@ def get_config():
   config.dataset = "sample"
   config.scale = 2
   config.crop_size = 64
-  config.shuffle_buffer = 512
   config.log_every_steps = 25
   config.image_every_steps = 200
   config.checkpoint_every_steps = 200

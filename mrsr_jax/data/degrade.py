@@ -26,6 +26,8 @@ counterpart and the exact inverse of `downsample(..., method="kspace")` on band-
 
 from __future__ import annotations
 
+import numbers
+
 import jax
 import jax.numpy as jnp
 
@@ -36,7 +38,7 @@ def _check_batch(x: jax.Array, scale: int, name: str, *, divisible: bool) -> Non
   """Shape and scale checks shared by every entry point (static, so free under jit)."""
   if x.ndim != 4:
     raise ValueError(f"{name}: expected a channels-last batch [B, H, W, C], got shape {tuple(x.shape)}")
-  if not isinstance(scale, int) or isinstance(scale, bool) or scale < 1:
+  if not isinstance(scale, numbers.Integral) or isinstance(scale, bool) or scale < 1:
     raise ValueError(f"{name}: scale must be a positive integer, got {scale!r}")
   if divisible:
     h, w = x.shape[1], x.shape[2]
@@ -101,6 +103,7 @@ def downsample(hr: jax.Array, scale: int, method: str = "bicubic", hamming: bool
     The LR batch, float32.
   """
   _check_batch(hr, scale, "downsample(hr)", divisible=True)
+  scale = int(scale)
   if method not in METHODS:
     raise ValueError(f"downsample(method): unknown degradation {method!r}; expected one of {METHODS}")
   if hamming and method != "kspace":
@@ -123,6 +126,7 @@ def upsample_bicubic(lr: jax.Array, scale: int) -> jax.Array:
   border included: all three renormalise the kernel over in-image taps).
   """
   _check_batch(lr, scale, "upsample_bicubic(lr)", divisible=False)
+  scale = int(scale)
   lr = lr.astype(jnp.float32)
   b, h, w, c = lr.shape
   return jax.image.resize(lr, (b, h * scale, w * scale, c), method="bicubic", antialias=True)
@@ -136,6 +140,7 @@ def upsample_kspace(lr: jax.Array, scale: int) -> jax.Array:
   offsets `downsample` cropped from) and multiplied by s to undo that function's 1/s.
   """
   _check_batch(lr, scale, "upsample_kspace(lr)", divisible=False)
+  scale = int(scale)
   b, lh, lw, c = lr.shape
   h, w = lh * scale, lw * scale
   k = _centred_fft2(lr.astype(jnp.complex64))

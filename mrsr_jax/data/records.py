@@ -154,7 +154,7 @@ def list_shards(dataset_dir: str, split: str) -> list[str]:
 def split_size(info: Mapping[str, Any], split: str) -> int:
   """Number of slices in `split` according to the dataset info record."""
   try:
-    return int(info["splits"][split]["num_slices"])
+    return int(info["splits"][split]["num_examples"])
   except (KeyError, TypeError):
     raise KeyError(f"dataset info has no slice count for split '{split}' "
-                   f"(expected info['splits']['{split}']['num_slices'])") from None
+                   f"(expected info['splits']['{split}']['num_examples'])") from None

@@ -59,6 +59,31 @@ def abstract_with_shardings(tree: Any, sharding) -> Any:
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
+def read_meta(directory: str, step: int | None = None) -> dict[str, Any]:
+  """The JSON metadata saved beside a checkpoint (stage, step count, config), without its arrays."""
+  mngr = ocp.CheckpointManager(os.path.abspath(directory), item_names=("state", "meta"))
+  try:
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"{directory}: no checkpoint")
+    return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  finally:
+    mngr.close()
+
+
+def load_state(directory: str, step: int | None = None) -> tuple[dict[str, Any], int]:
+  """The saved state as a plain tree (no target structure needed: inspection, tests, tools)."""
+  mngr = ocp.CheckpointManager(os.path.abspath(directory), item_names=("state", "meta"))
+  try:
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"{directory}: no checkpoint")
+    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return restored["state"], step
+  finally:
+    mngr.close()
+
+
 def latest_step(directory: str) -> int | None:
   if not os.path.isdir(directory):
     return None

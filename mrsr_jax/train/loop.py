@@ -129,12 +129,28 @@ def dataset_dir(config) -> str:
 
 
 def train_iterator(stage: Stage, config, start_step: int, mesh) -> Iterator[dict]:
-  ds = pipeline.create_dataset(
+  """Global batches from `config.input_readers` readers (default: one per process), each reading
+  a disjoint subset of the shard files; this process runs its share of the readers and feeds only
+  its local devices. The global batch is the readers' batches in reader order, so a fixed reader count
+  gives the same batches whatever the number of processes (the multi-process test relies on it)."""
+  procs, me = jax.process_count(), jax.process_index()
+  readers = config.get("input_readers", 0) or procs
+  if readers % procs or stage.batch_size % readers:
+    raise ValueError(f"input_readers={readers} must be a multiple of the {procs} processes and "
+                     f"divide the global batch {stage.batch_size}")
+  per_proc = readers // procs
+  streams = [pipeline.create_dataset(
       dataset_dir(config), "train", global_batch_size=stage.batch_size, crop_size=stage.crop_size,
       seed=config.seed, train=True, start_step=start_step,
-      process_index=jax.process_index(), process_count=jax.process_count())
-  for batch in ds.as_numpy_iterator():
-    yield sharding.to_global({"hr": batch["hr"], "label": batch["label"]}, mesh)
+      process_index=r, process_count=readers).as_numpy_iterator()
+      for r in range(me * per_proc, (me + 1) * per_proc)]
+  while True:
+    try:
+      parts = [next(s) for s in streams]
+    except StopIteration:
+      return
+    local = {k: np.concatenate([p[k] for p in parts]) for k in ("hr", "label")}
+    yield sharding.to_global(local, mesh)
 
 
 def init_state(stage: Stage, mesh) -> tuple[TrainState, Any]:
@@ -177,11 +193,14 @@ def train_stage(stage: Stage, mesh) -> TrainState:
 
   def check(step_metrics, step_no):
     host = jax.device_get(step_metrics)
-    bad = step_lib.first_nonfinite(host)
-    if bad is not None:
+    bad = step_lib.nonfinite_terms(host)
+    if bad:
+      last = mngr.latest_step()
+      kept = (f"the last good checkpoint (step {last}) in {mngr.directory} is intact" if last is not None
+              else "no checkpoint had been written yet")
       raise NonFiniteLossError(
-          f"[{stage.name}] non-finite loss term '{bad}' = {host[bad]} at step {step_no}; stopping. "
-          f"The last good checkpoint (step {mngr.latest_step()}) in {mngr.directory} is intact.")
+          f"[{stage.name}] non-finite loss at step {step_no}: "
+          + ", ".join(f"{k}={host[k]}" for k in bad) + f"; stopping, {kept}.")
     return host
 
   try:

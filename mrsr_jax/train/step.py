@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 
 from mrsr_jax import sharding
 
@@ -35,9 +35,7 @@ def value_and_grad_with_aux(loss_fn, params, *args):
   return loss, aux, grads
 
 
-def first_nonfinite(metrics: dict[str, Any]) -> str | None:
-  """Name of the first non-finite scalar in host `metrics`, or None."""
-  for name, value in metrics.items():
-    if not bool(jnp.all(jnp.isfinite(jnp.asarray(value)))):
-      return name
-  return None
+def nonfinite_terms(metrics: dict[str, Any]) -> list[str]:
+  """Names of the non-finite scalars in host `metrics` (empty when all are finite)."""
+  return [name for name, value in sorted(metrics.items())
+          if not np.all(np.isfinite(np.asarray(value)))]

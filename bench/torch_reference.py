@@ -1,0 +1,88 @@
+"""The SR networks of mrsr_jax.models.srgan, layer for layer in PyTorch: the side-by-side baseline.
+
+Same layers, widths, kernel sizes, BatchNorm settings and losses as the Flax modules, so the
+benchmarks compare frameworks, not architectures. Benchmark-only: the package never imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LEAKY = 0.2
+
+
+class ResidualBlock(nn.Module):
+  def __init__(self, f: int):
+    super().__init__()
+    self.conv1 = nn.Conv2d(f, f, 3, padding=1)
+    self.bn1 = nn.BatchNorm2d(f, momentum=0.1, eps=1e-5)
+    self.conv2 = nn.Conv2d(f, f, 3, padding=1)
+    self.bn2 = nn.BatchNorm2d(f, momentum=0.1, eps=1e-5)
+
+  def forward(self, x):
+    return x + self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+
+
+class SRGenerator(nn.Module):
+  def __init__(self, scale: int, num_blocks: int = 16, features: int = 64):
+    super().__init__()
+    f = features
+    self.conv_in = nn.Conv2d(1, f, 9, padding=4)
+    self.blocks = nn.Sequential(*[ResidualBlock(f) for _ in range(num_blocks)])
+    self.conv_mid = nn.Conv2d(f, f, 3, padding=1)
+    self.bn_mid = nn.BatchNorm2d(f)
+    self.up = nn.ModuleList([nn.Conv2d(f, 4 * f, 3, padding=1) for _ in range(int(math.log2(scale)))])
+    self.conv_out = nn.Conv2d(f, 1, 9, padding=4)
+
+  def forward(self, x):
+    x = F.relu(self.conv_in(x))
+    skip = x
+    x = self.bn_mid(self.conv_mid(self.blocks(x))) + skip
+    for up in self.up:
+      x = F.relu(F.pixel_shuffle(up(x), 2))
+    return self.conv_out(x)
+
+
+class SRDiscriminator(nn.Module):
+  def __init__(self, features: int = 64):
+    super().__init__()
+    f = features
+    self.conv0 = nn.Conv2d(1, f, 3, padding=1)
+    layers, cin = [], f
+    for m, s in ((1, 2), (2, 1), (2, 2), (4, 1), (4, 2), (8, 1), (8, 2)):
+      layers += [nn.Conv2d(cin, m * f, 3, stride=s, padding=1), nn.BatchNorm2d(m * f),
+                 nn.LeakyReLU(LEAKY)]
+      cin = m * f
+    self.body = nn.Sequential(*layers)
+    self.dense1 = nn.Linear(cin, 1024)
+    self.dense2 = nn.Linear(1024, 1)
+
+  def forward(self, x):
+    x = self.body(F.leaky_relu(self.conv0(x), LEAKY))
+    x = x.mean(dim=(2, 3))
+    return self.dense2(F.leaky_relu(self.dense1(x), LEAKY))[:, 0]
+
+
+def train_step_fn(gen, disc, opt_g, opt_d, *, adv_weight: float = 1e-3, pixel_weight: float = 1.0):
+  """One G and one D update with L1 + non-saturating adversarial loss (what the JAX step does with
+  the feature terms switched off)."""
+
+  def step(lr, hr):
+    sr = gen(lr)
+    g_loss = pixel_weight * (sr - hr).abs().mean() + adv_weight * F.softplus(-disc(sr)).mean()
+    opt_g.zero_grad(set_to_none=True)
+    g_loss.backward()
+    opt_g.step()
+    logits = disc(torch.cat([hr, sr.detach()]))
+    real, fake = logits.chunk(2)
+    d_loss = F.softplus(-real).mean() + F.softplus(fake).mean()
+    opt_d.zero_grad(set_to_none=True)
+    d_loss.backward()
+    opt_d.step()
+    return g_loss.detach(), d_loss.detach()
+
+  return step

@@ -1,0 +1,166 @@
+"""fastMRI knee (.h5) -> slice shards.
+
+Build:  python -m data_prep --dataset=fastmri --manual_dir=DIR --data_dir=DATA
+DIR holds fastMRI knee `.h5` files (singlecoil or multicoil), anywhere below it. Per file:
+  * image: `reconstruction_esc` (singlecoil) if present, else `reconstruction_rss` (multicoil), else
+    reconstructed from `kspace` (complex [slices, (coils,) H, W]): centred orthonormal 2D inverse FFT
+    (ifftshift, ifft2, fftshift), root-sum-of-squares over coils, centre crop 320x320. Slices are
+    the first axis; k-space is reconstructed one slice at a time to bound memory.
+  * attribute `acquisition`: `CORPD_FBK` -> contrast "PD", `CORPDFS_FBK` -> "FSPD"; any other value is
+    reported as bad input and skipped (fastMRI knee has only these two).
+  * spacing from `ismrmrd_header` (reconSpace field of view / matrix) when present, else 1 mm.
+Split: fastMRI ships `..._train` and `..._val` folders; when DIR has subfolders with `train` and `val`
+in their names, train files are our train split (a few carved off deterministically as our small
+`val` monitoring split, as for IXI) and fastMRI's val files are our `test` split (the paper reports on
+them). Otherwise files are split deterministically by file like IXI subjects. A file is a volume and
+its stem the subject id (fastMRI does not publish patient ids).
+"""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+
+import numpy as np
+
+from data_prep import ixi, volumes
+from data_prep.writer import VolumeSource, file_stamp
+
+NAME = "fastmri"
+ACQUISITIONS = {"CORPD_FBK": "PD", "CORPDFS_FBK": "FSPD"}
+TARGET_HW = (320, 320)
+RECON_KEYS = ("reconstruction_esc", "reconstruction_rss")
+
+
+def kspace_to_image(kspace: np.ndarray, coil_axis: int | None) -> np.ndarray:
+  """Magnitude image of one slice's k-space [(coils,) H, W]: centred orthonormal IFFT, then RSS."""
+  axes = (-2, -1)
+  image = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(kspace, axes=axes), axes=axes, norm="ortho"), axes=axes)
+  if coil_axis is None:
+    return np.abs(image).astype(np.float32)
+  return np.sqrt(np.sum(np.abs(image) ** 2, axis=coil_axis)).astype(np.float32)
+
+
+def image_to_kspace(image: np.ndarray) -> np.ndarray:
+  """The inverse of `kspace_to_image`'s transform (centred orthonormal 2D FFT); used by the tests."""
+  axes = (-2, -1)
+  return np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(image, axes=axes), axes=axes, norm="ortho"), axes=axes)
+
+
+def _spacing(f) -> tuple[float, float, float]:
+  """(row, col, slice) mm from the ISMRMRD header's reconSpace; 1 mm where it is absent/unreadable."""
+  if "ismrmrd_header" not in f:
+    return (1.0, 1.0, 1.0)
+
+  def child(node, tag):  # namespace-agnostic: fastMRI headers use the ISMRMRD namespace
+    return next(c for c in node if c.tag.split("}")[-1] == tag)
+
+  try:
+    recon = child(child(ET.fromstring(bytes(f["ismrmrd_header"][()])), "encoding"), "reconSpace")
+    fov, mat = child(recon, "fieldOfView_mm"), child(recon, "matrixSize")
+    value = lambda node, tag: float(child(node, tag).text)
+    return (value(fov, "y") / value(mat, "y"), value(fov, "x") / value(mat, "x"), value(fov, "z"))
+  except Exception:  # an unreadable header only costs the spacing metadata, not the image
+    return (1.0, 1.0, 1.0)
+
+
+def read_image(path: str) -> tuple[np.ndarray, str, tuple[float, float, float], str]:
+  """(magnitude volume [slices, 320, 320] float32, contrast, spacing, which data was used)."""
+  import h5py
+
+  if not os.path.isfile(path):
+    raise volumes.BadInputError(path, "no such file")
+  try:
+    f = h5py.File(path, "r")
+  except Exception as e:
+    raise volumes.BadInputError(path, f"not a readable HDF5 file, truncated or not .h5 ({type(e).__name__}: {e})") from e
+  with f:
+    acq = f.attrs.get("acquisition")
+    if acq is None:
+      raise volumes.BadInputError(path, "no 'acquisition' attribute (expected CORPD_FBK or CORPDFS_FBK)")
+    acq = acq.decode() if isinstance(acq, bytes) else str(acq)
+    if acq not in ACQUISITIONS:
+      raise volumes.BadInputError(
+          path, f"unknown acquisition {acq!r}: only CORPD_FBK (PD) and CORPDFS_FBK (FS-PD) are used; skipped")
+    try:
+      key = next((k for k in RECON_KEYS if k in f), None)
+      if key is not None:
+        data = f[key]
+        if data.ndim != 3 or np.iscomplexobj(np.empty(0, data.dtype)):
+          raise volumes.BadInputError(path, f"'{key}' must be real [slices, H, W], got {data.dtype} {data.shape}")
+        vol = volumes.centre_crop_or_pad(np.asarray(data[()], dtype=np.float32), TARGET_HW)
+      elif "kspace" in f:
+        key = "kspace"
+        data = f["kspace"]
+        if data.ndim not in (3, 4) or not np.iscomplexobj(np.empty(0, data.dtype)):
+          raise volumes.BadInputError(
+              path, f"'kspace' must be complex [slices, (coils,) H, W], got {data.dtype} {data.shape}")
+        coil_axis = 0 if data.ndim == 4 else None
+        vol = np.stack([volumes.centre_crop_or_pad(kspace_to_image(data[i], coil_axis), TARGET_HW)
+                        for i in range(data.shape[0])]) if data.shape[0] else np.zeros((0, *TARGET_HW), np.float32)
+      else:
+        raise volumes.BadInputError(
+            path, f"no 'reconstruction_esc', 'reconstruction_rss' or 'kspace' dataset (has {sorted(f.keys())})")
+    except volumes.BadInputError:
+      raise
+    except Exception as e:  # h5py raises OSError for truncated chunks
+      raise volumes.BadInputError(path, f"cannot read image data, truncated or corrupt ({type(e).__name__}: {e})") from e
+    spacing = _spacing(f)
+  volumes.check_volume(vol, path)
+  return vol, ACQUISITIONS[acq], spacing, key
+
+
+def load_file(path: str) -> volumes.Volume:
+  vol, contrast, spacing, _ = read_image(path)
+  slices, index, scale = volumes.prepare_slices(vol, TARGET_HW, None, path)
+  if not index:
+    raise volumes.BadInputError(path, "empty volume (no slice with signal)")
+  return volumes.Volume(slices=slices, slice_indices=index, dataset=NAME, contrast=contrast,
+                        subject=os.path.splitext(os.path.basename(path))[0], spacing=spacing,
+                        intensity_scale=scale, source=path, plane="coronal")
+
+
+def _h5_files(root: str) -> list[str]:
+  out = []
+  for d, dirs, files in os.walk(root):
+    dirs.sort()
+    out += [os.path.join(d, f) for f in sorted(files) if f.endswith(".h5")]
+  return out
+
+
+def split_files(manual_dir: str, seed: int = ixi.SPLIT_SEED) -> tuple[dict[str, str], list[str]]:
+  """File path -> split, and notes. See the module docstring."""
+  if not os.path.isdir(manual_dir):
+    raise FileNotFoundError(f"--manual_dir={manual_dir}: no such directory")
+  subdirs = sorted(d for d in os.listdir(manual_dir) if os.path.isdir(os.path.join(manual_dir, d)))
+  train_dirs = [d for d in subdirs if "train" in d.lower()]
+  val_dirs = [d for d in subdirs if "val" in d.lower() and "train" not in d.lower()]
+  notes = []
+  if train_dirs and val_dirs:
+    train = [p for d in train_dirs for p in _h5_files(os.path.join(manual_dir, d))]
+    test = [p for d in val_dirs for p in _h5_files(os.path.join(manual_dir, d))]
+    n_val = ixi.split_quota(len(train))["val"]
+    carve = set(np.random.default_rng(seed).permutation(len(train))[:n_val].tolist())
+    split = {p: ("val" if i in carve else "train") for i, p in enumerate(train)}
+    split.update({p: "test" for p in test})
+    notes.append(f"fastMRI folders: train {train_dirs} -> train (+{n_val} file(s) as val), val {val_dirs} -> test")
+    others = [d for d in subdirs if d not in train_dirs and d not in val_dirs]
+    if others:
+      notes.append(f"ignored folders {others} (only *train* and *val* are used)")
+  else:
+    files = _h5_files(manual_dir)
+    stems = {os.path.splitext(os.path.basename(p))[0]: p for p in files}
+    if len(stems) != len(files):
+      raise ValueError(f"--manual_dir={manual_dir}: two .h5 files share a name; use *train*/*val* folders")
+    split_of = ixi.assign_splits({s: ["all"] for s in stems}, seed)
+    split = {p: split_of[s, "all"] for s, p in stems.items() if split_of[s, "all"] is not None}
+  return split, notes
+
+
+def build(manual_dir: str, *, seed: int = ixi.SPLIT_SEED) -> tuple[list[VolumeSource], list[tuple[str, str]], list[str], dict]:
+  split, notes = split_files(manual_dir, seed)
+  nbytes = 4 * TARGET_HW[0] * TARGET_HW[1] * 36
+  sources = [VolumeSource(key=p, split=s, load=lambda p=p: load_file(p), stamp=file_stamp(p), nbytes=nbytes)
+             for p, s in sorted(split.items())]
+  config = {"dataset": NAME, "target_hw": list(TARGET_HW), "seed": seed, "acquisitions": ACQUISITIONS}
+  return sources, [], notes, config

@@ -1,0 +1,115 @@
+"""The SR generator and discriminator of paper App. E / Fig. 6 (SRGAN's, Ledig et al. 2017), Flax Linen.
+
+Generator (DESIGN.md, "SR network"): 9x9 conv (64) + ReLU; `num_blocks` residual blocks (3x3 conv, BN,
+ReLU, 3x3 conv, BN, skip); 3x3 conv + BN and the long skip from the first conv; log2(s) upsampling stages
+(3x3 conv to 4 * 64 channels -> pixel shuffle x2 -> ReLU); a final 9x9 conv to 1 channel. ReLU where
+SRGAN has PReLU, because App. E says ReLU. Output linear (SRGAN's tanh suits [-1, 1] images; ours are
+[0, 1] intensities under an L1 term). Fully convolutional: any N x N (or N x M) input.
+
+Discriminator: SRGAN's conv stack (n64s1 + LeakyReLU(0.2), then conv-BN-LeakyReLU n64s2, n128s1, n128s2,
+n256s1, n256s2, n512s1, n512s2), then **global average pooling** (SRGAN flattens a fixed 96x96 map; pooling
+lets any slice size through), dense 1024, LeakyReLU(0.2), dense 1 -> logits `[B]` in float32.
+
+BatchNorm uses `use_running_average=not train`, momentum 0.9 (torch's 0.1), eps 1e-5, collection
+`batch_stats`; call `apply(..., mutable=["batch_stats"])` when `train=True`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+SCALES = (2, 4)
+BN_MOMENTUM = 0.9
+BN_EPS = 1e-5
+LEAKY_SLOPE = 0.2
+
+
+def pixel_shuffle(x: jax.Array, r: int) -> jax.Array:
+  """Channels-last `torch.nn.functional.pixel_shuffle`: `[B, H, W, C*r*r] -> [B, rH, rW, C]`.
+
+  Channel `c*r*r + i*r + j` goes to output pixel `(r*h + i, r*w + j)`, channel `c`, as in torch, so
+  weights trained either way mean the same thing.
+  """
+  b, h, w, crr = x.shape
+  if crr % (r * r):
+    raise ValueError(f"pixel_shuffle: channels {crr} not divisible by r^2 = {r * r}")
+  c = crr // (r * r)
+  x = x.reshape(b, h, w, c, r, r)
+  x = x.transpose(0, 1, 4, 2, 5, 3)  # b, h, i, w, j, c
+  return x.reshape(b, h * r, w * r, c)
+
+
+class ResidualBlock(nn.Module):
+  """conv3x3-BN-ReLU-conv3x3-BN plus identity (SRGAN's B residual blocks)."""
+  features: int = 64
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    bn = dict(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS, **kw)
+    y = nn.Conv(self.features, (3, 3), padding="SAME", name="conv1", **kw)(x)
+    y = nn.relu(nn.BatchNorm(name="bn1", **bn)(y))
+    y = nn.Conv(self.features, (3, 3), padding="SAME", name="conv2", **kw)(y)
+    return x + nn.BatchNorm(name="bn2", **bn)(y)
+
+
+class SRGenerator(nn.Module):
+  """`[B, N, M, 1]` low-resolution slice -> `[B, sN, sM, 1]` (float32), s = `scale` in {2, 4}."""
+  scale: int
+  num_blocks: int = 16
+  features: int = 64
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    if self.scale not in SCALES:
+      raise ValueError(f"SRGenerator: scale must be one of {SCALES}, got {self.scale!r}")
+    if x.ndim != 4 or x.shape[-1] != 1:
+      raise ValueError(f"SRGenerator: expected a channels-last single-channel batch [B, N, N, 1], got {tuple(x.shape)}")
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    f = self.features
+    x = nn.relu(nn.Conv(f, (9, 9), padding="SAME", name="conv_in", **kw)(x))
+    skip = x
+    for i in range(self.num_blocks):
+      x = ResidualBlock(f, name=f"res_{i}", **kw)(x, train=train)
+    x = nn.Conv(f, (3, 3), padding="SAME", name="conv_mid", **kw)(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS, name="bn_mid", **kw)(x)
+    x = x + skip  # the long skip of Fig. 6
+    for i in range(int(math.log2(self.scale))):
+      x = nn.Conv(4 * f, (3, 3), padding="SAME", name=f"up_{i}", **kw)(x)
+      x = nn.relu(pixel_shuffle(x, 2))
+    return nn.Conv(1, (9, 9), padding="SAME", name="conv_out", **kw)(x).astype(jnp.float32)
+
+
+class SRDiscriminator(nn.Module):
+  """`[B, H, W, 1]` image (any size) -> real/fake logits `[B]` (float32)."""
+  features: int = 64
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    if x.ndim != 4 or x.shape[-1] != 1:
+      raise ValueError(f"SRDiscriminator: expected a channels-last single-channel batch [B, H, W, 1], got "
+                       f"{tuple(x.shape)}")
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    f = self.features
+    x = nn.leaky_relu(nn.Conv(f, (3, 3), padding="SAME", name="conv0", **kw)(x), LEAKY_SLOPE)
+    # (width multiplier, stride): SRGAN's n64s2, n128s1, n128s2, n256s1, n256s2, n512s1, n512s2.
+    for i, (m, s) in enumerate(((1, 2), (2, 1), (2, 2), (4, 1), (4, 2), (8, 1), (8, 2))):
+      x = nn.Conv(m * f, (3, 3), strides=(s, s), padding="SAME", name=f"conv{i + 1}", **kw)(x)
+      x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS, name=f"bn{i + 1}",
+                       **kw)(x)
+      x = nn.leaky_relu(x, LEAKY_SLOPE)
+    x = jnp.mean(x, axis=(1, 2))
+    x = nn.leaky_relu(nn.Dense(1024, name="dense1", **kw)(x), LEAKY_SLOPE)
+    return nn.Dense(1, name="dense2", **kw)(x)[:, 0].astype(jnp.float32)

@@ -1,0 +1,442 @@
+"""data_prep on real MR volumes: IXI (archives and extracted), fastMRI (.h5), bad input, interrupted runs.
+
+The volumes are real scans shipped by nibabel / nilearn / dipy, renamed and laid out the way the IXI and
+fastMRI downloads are; the six 2 mm IXI T1 files of shared/data are used when present.
+"""
+
+from __future__ import annotations
+
+import collections
+import gzip
+import importlib.util
+import os
+import shutil
+import tarfile
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from data_prep import __main__ as cli
+from data_prep import fastmri, ixi, volumes, writer
+from mrsr_jax.data import records
+
+SHARED_IXI = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "ixi_t1_2mm")
+
+
+def _pkg(package, *parts):
+  return os.path.join(list(importlib.util.find_spec(package).submodule_search_locations)[0], *parts)
+
+
+MNI = _pkg("nilearn", "datasets", "data", "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
+ANATOMICAL = _pkg("nibabel", "tests", "data", "anatomical.nii")
+EXAMPLE4D = _pkg("nibabel", "tests", "data", "example4d.nii.gz")
+T1_SLICE = _pkg("dipy", "data", "files", "t1_coronal_slice.npy")
+
+
+@pytest.fixture(scope="module")
+def mni2mm():
+  """The MNI152 T1 template at 2 mm (box-averaged), [98, 116, 94], RAS."""
+  return volumes.block_downsample(np.asarray(nib.load(MNI).dataobj, np.float32), (2, 2, 2))
+
+
+def _save(path, data, spacing=(2.0, 2.0, 2.0), dtype=np.int16):
+  img = nib.Nifti1Image(np.asarray(data).astype(dtype), np.diag([*spacing, 1.0]))
+  nib.save(img, path)
+  return path
+
+
+def _subject_volume(mni2mm, k):
+  """A distinct real volume per fake subject: a shifted crop of the 2 mm MNI template."""
+  return np.round(mni2mm[2 * k:2 * k + 84, k:k + 100, 20 + k:20 + k + 40])
+
+
+def _records(dataset_dir, split):
+  out = []
+  for path in records.list_shards(dataset_dir, split):
+    for raw in tf.data.TFRecordDataset(path):
+      out.append(records.decode_example_numpy(raw))
+  return out
+
+
+def _run(argv):
+  return cli.main([*argv, "--no_progress"])
+
+
+@pytest.fixture
+def small_ixi(monkeypatch):
+  monkeypatch.setattr(ixi, "TARGET_HW", (64, 64))
+  monkeypatch.setattr(ixi, "MAX_SLICES", 12)
+
+
+# ----------------------------------------------------------------------------------------------
+# volumes
+
+
+def test_slice_axis_from_affine_and_header():
+  # Thick-slice axis wins wherever it is.
+  assert volumes.slice_axis(np.diag([0.94, 0.94, 1.2, 1])) == 2
+  assert volumes.slice_axis(np.diag([3.0, 1.0, 1.0, 1])) == 0
+  # Isotropic: the header's slice dimension, else the third axis.
+  hdr = nib.Nifti1Header()
+  hdr.set_dim_info(slice=1)
+  assert volumes.slice_axis(np.eye(4) * 2, hdr) == 1
+  assert volumes.slice_axis(np.eye(4) * 2, nib.Nifti1Header()) == 2
+  # MNI is RAS -> axial slices; anatomical.nii is LAS -> axial.
+  img = nib.load(MNI)
+  assert volumes.plane_name(img.affine, volumes.slice_axis(img.affine, img.header)) == "axial"
+
+
+@pytest.mark.skipif(not os.path.isdir(SHARED_IXI), reason="shared/data/ixi_t1_2mm not present (optional real IXI files)")
+def test_slice_axis_of_real_ixi_is_sagittal():
+  img = nib.load(sorted(os.path.join(SHARED_IXI, f) for f in os.listdir(SHARED_IXI))[0])
+  axis = volumes.slice_axis(img.affine, img.header)
+  assert axis == 2 and volumes.plane_name(img.affine, axis) == "sagittal"
+
+
+def test_robust_normalise_real_volume():
+  data, _, _ = volumes.load_nifti(ANATOMICAL)
+  norm, scale = volumes.robust_normalise(data)
+  assert scale == pytest.approx(np.percentile(data, 99.5))
+  assert norm.dtype == np.float32 and norm.min() == 0.0 and norm.max() == 1.0
+  assert np.mean(norm == 1.0) == pytest.approx(0.005, abs=0.004)  # only the top 0.5% clip
+  np.testing.assert_allclose(norm * scale, np.clip(data, 0, scale), rtol=1e-6, atol=1e-3)
+
+
+def test_centre_crop_or_pad():
+  x = np.arange(5 * 6, dtype=np.float32).reshape(5, 6)
+  y = volumes.centre_crop_or_pad(x, (8, 4))
+  assert y.shape == (8, 4)
+  np.testing.assert_array_equal(y[1:6], x[:, 1:5])
+  assert not y[0].any() and not y[6:].any()
+
+
+# ----------------------------------------------------------------------------------------------
+# splits
+
+
+def test_ixi_split_sizes_disjoint_deterministic():
+  rng = np.random.default_rng(1)
+  subjects = {f"IXI{i:03d}": [c for c in ("T1", "T2", "PD") if rng.random() < 0.97] or ["T1"] for i in range(620)}
+  a = ixi.assign_splits(subjects, seed=0)
+  assert a == ixi.assign_splits(subjects, seed=0)
+  assert a != ixi.assign_splits(subjects, seed=1)
+  for c in ("T1", "T2", "PD"):
+    counts = collections.Counter(a[s, c] for s, cs in subjects.items() if c in cs)
+    assert counts["train"] == 500 and counts["test"] == 70 and counts["val"] == 6, (c, counts)
+  # Few subjects: proportional, with at least one test and one val subject.
+  # No subject in two splits, across contrasts.
+  for s, cs in subjects.items():
+    assert len({a[s, c] for c in cs} - {None}) <= 1
+  few = ixi.assign_splits({f"IXI{i:03d}": ["T1"] for i in range(6)})
+  assert sorted(collections.Counter(few.values()).items()) == [("test", 1), ("train", 4), ("val", 1)]
+  assert ixi.split_quota(2) == {"val": 0, "test": 0, "train": 2}
+  assert ixi.split_quota(100) == {"val": 1, "test": 12, "train": 100}  # train: the rest
+
+
+def test_ixi_names():
+  assert ixi.parse_name("IXI012-HH-1211-T1.nii.gz") == ("IXI012", "T1")
+  assert ixi.parse_name("IXI002-Guys-0828-DTI-00.nii.gz") == ("IXI002", "DTI-00")
+  assert ixi.parse_name("IXI002-Guys-0828-MRA.nii.gz") == ("IXI002", "MRA")
+  assert ixi.parse_name("notes.nii.gz") is None
+
+
+# ----------------------------------------------------------------------------------------------
+# IXI end to end
+
+
+def _ixi_download(tmp_path, mni2mm):
+  """IXI-T1.tar (4 subjects, real volumes) + extracted T2 files + an MRA and a stray file."""
+  staging = tmp_path / "staging"
+  staging.mkdir()
+  manual = tmp_path / "IXI"
+  manual.mkdir()
+  names = []
+  for k, (subj, site) in enumerate([("IXI100", "Guys"), ("IXI101", "HH"), ("IXI102", "IOP"), ("IXI103", "Guys")]):
+    names.append(_save(str(staging / f"{subj}-{site}-{1000 + k}-T1.nii.gz"), _subject_volume(mni2mm, k)))
+  # anatomical.nii (a different real T1 scan) as a fifth subject, inside the archive too.
+  anat = staging / "IXI104-HH-1004-T1.nii.gz"
+  with open(ANATOMICAL, "rb") as f, gzip.open(anat, "wb") as g:
+    g.write(f.read())
+  names.append(str(anat))
+  with tarfile.open(manual / "IXI-T1.tar", "w") as tar:
+    for n in names:
+      tar.add(n, arcname=os.path.basename(n))
+  t2 = manual / "t2" / "extracted"
+  t2.mkdir(parents=True)
+  for k, subj in enumerate(["IXI100", "IXI101", "IXI105"]):
+    _save(str(t2 / f"{subj}-Guys-{2000 + k}-T2.nii.gz"), _subject_volume(mni2mm, k + 3)[::-1])
+  shutil.copy(names[0], t2 / "IXI100-Guys-1000-MRA.nii.gz")
+  (manual / "README.txt").write_text("not an image")
+  return manual
+
+
+def test_ixi_from_archive_and_extracted(tmp_path, mni2mm, small_ixi):
+  manual = _ixi_download(tmp_path, mni2mm)
+  data_dir = tmp_path / "out"
+  assert _run(["--dataset=ixi", f"--manual_dir={manual}", f"--data_dir={data_dir}", "--num_shards=2"]) == 0
+  d = str(data_dir / "ixi")
+  info = records.read_info(d)
+  assert info["labels"] == ["ixi/T1", "ixi/T2"]
+  assert info["slice_shapes"] == [[64, 64]]
+  assert any("MRA" in n for n in info["notes"])
+
+  by_split = {s: _records(d, s) for s in records.SPLITS}
+  subjects = {s: {r["subject"] for r in recs} for s, recs in by_split.items()}
+  # Per contrast one val and one test volume, the rest train; no subject in two splits.
+  for c, n in (("T1", 5), ("T2", 3)):
+    per = {s: len({r["subject"] for r in recs if r["contrast"] == c}) for s, recs in by_split.items()}
+    assert per == {"train": n - 2, "test": 1, "val": 1}, (c, per)
+  assert sum(len(v) for v in subjects.values()) == 6
+  assert not (subjects["train"] & subjects["test"] or subjects["train"] & subjects["val"]
+              or subjects["test"] & subjects["val"])
+  for s, recs in by_split.items():
+    assert info["splits"][s]["num_examples"] == len(recs)
+    assert sorted(info["splits"][s]["subjects"]) == sorted(subjects[s])
+    assert info["splits"][s]["shard_lengths"] == [
+        sum(1 for _ in tf.data.TFRecordDataset(p)) for p in records.list_shards(d, s)]
+  # One volume's slices, bit for bit against the volume helpers and close to plain numpy.
+  recs = {(r["subject"], r["contrast"], r["slice_index"]): r for rs in by_split.values() for r in rs}
+  vol = ixi.load_file(ixi.IxiFile("IXI102", "T1", "x", str(manual / "IXI-T1.tar"), "IXI102-IOP-1002-T1.nii.gz"),
+                      target_hw=(64, 64), max_slices=12)
+  assert len(vol.slice_indices) == 12
+  raw = _subject_volume(mni2mm, 2)  # slices along the last (z) axis
+  for image, k in zip(vol.slices, vol.slice_indices):
+    r = recs["IXI102", "T1", k]
+    np.testing.assert_array_equal(r["image"], image)
+    expected = np.clip(raw[:, :, k] / np.percentile(raw, 99.5), 0, 1)[10:74, 18:82]
+    np.testing.assert_allclose(r["image"], expected, atol=1e-6)
+    assert r["intensity_scale"] == pytest.approx(np.percentile(raw, 99.5))
+    np.testing.assert_allclose(r["spacing"], [2, 2, 2])
+  assert recs["IXI104", "T1", 12]["image"].shape == (64, 64)  # 33x41 anatomical, zero padded
+
+  # A rerun reuses every shard and writes the same set.
+  before = {p: os.path.getmtime(os.path.join(d, p)) for p in os.listdir(d) if p.endswith(".tfrecord")}
+  assert _run(["--dataset=ixi", f"--manual_dir={manual}", f"--data_dir={data_dir}", "--num_shards=2"]) == 0
+  assert before == {p: os.path.getmtime(os.path.join(d, p)) for p in os.listdir(d) if p.endswith(".tfrecord")}
+
+
+@pytest.mark.skipif(not os.path.isdir(SHARED_IXI), reason="shared/data/ixi_t1_2mm not present (optional real IXI files)")
+def test_ixi_real_download_files(tmp_path):
+  """The six real 2 mm IXI T1 volumes at the paper's 240x240x96 target (padded: they are 120x120x90)."""
+  assert _run(["--dataset=ixi", f"--manual_dir={SHARED_IXI}", f"--data_dir={tmp_path}"]) == 0
+  info = records.read_info(str(tmp_path / "ixi"))
+  assert info["slice_shapes"] == [[240, 240]] and info["labels"] == ["ixi/T1"]
+  assert [info["splits"][s]["num_volumes"] for s in ("train", "test", "val")] == [4, 1, 1]
+  assert all(0 < info["splits"][s]["num_examples"] <= 90 * info["splits"][s]["num_volumes"] for s in records.SPLITS)
+  vol = records.decode_example_numpy(next(iter(tf.data.TFRecordDataset(records.list_shards(str(tmp_path / "ixi"), "val")))))
+  assert vol["image"].shape == (240, 240) and not vol["image"][:60].any()  # padding around 120x120
+
+
+# ----------------------------------------------------------------------------------------------
+# bad input
+
+
+def test_bad_nifti_inputs_each_reported(tmp_path, mni2mm, small_ixi, capsys):
+  manual = tmp_path / "IXI"
+  manual.mkdir()
+  good = _save(str(manual / "IXI200-HH-0001-T1.nii.gz"), _subject_volume(mni2mm, 0))
+  data = open(good, "rb").read()
+  (manual / "IXI201-HH-0002-T1.nii.gz").write_bytes(data[:len(data) // 2])
+  (manual / "IXI202-HH-0003-T1.nii.gz").write_text("this is not a NIfTI file")
+  shutil.copy(EXAMPLE4D, manual / "IXI203-HH-0004-T1.nii.gz")
+  nan = _subject_volume(mni2mm, 1).astype(np.float32)
+  nan[10, 10, 10] = np.nan
+  _save(str(manual / "IXI204-HH-0005-T1.nii.gz"), nan, dtype=np.float32)
+  _save(str(manual / "IXI205-HH-0006-T1.nii.gz"), np.zeros((20, 20, 10)))
+  _save(str(manual / "IXI206-HH-0007-T1.nii.gz"), np.load(T1_SLICE)[None] * 100)  # 1x256x256: fine (3D)
+  with tarfile.open(manual / "IXI-PD.tar", "w") as tar:
+    tar.add(good, arcname="IXI207-HH-0008-PD.nii.gz")
+  tar_bytes = (manual / "IXI-PD.tar").read_bytes()
+  (manual / "IXI-PD.tar").write_bytes(tar_bytes[:len(tar_bytes) // 2])
+  expected = {
+      "IXI201": "truncated or corrupt",
+      "IXI202": "not a readable NIfTI",
+      "IXI203": "wrong number of dimensions",
+      "IXI204": "1 NaN/Inf voxels",
+      "IXI205": "empty volume",
+      "IXI-PD.tar": "truncated",
+  }
+  argv = ["--dataset=ixi", f"--manual_dir={manual}", f"--data_dir={tmp_path / 'out'}"]
+  assert _run(argv) == 0
+  info = records.read_info(str(tmp_path / "out" / "ixi"))
+  problems = {os.path.basename(b["path"]).split("-")[0].split("::")[-1]: b for b in info["bad_files"]}
+  for path_key, message in expected.items():
+    hit = [b for b in info["bad_files"] if path_key in b["path"]]
+    assert len(hit) == 1 and message in hit[0]["problem"], (path_key, info["bad_files"])
+  assert len(info["bad_files"]) == len(expected), problems
+  out = capsys.readouterr()
+  assert "IXI203-HH-0004-T1.nii.gz: wrong number of dimensions" in out.out
+  assert sum(s["num_volumes"] for s in info["splits"].values()) == 2  # IXI200 and IXI206
+  # --strict fails but still never leaves partial shards; all-bad input fails too.
+  assert _run([*argv, "--strict"]) == 1
+  assert not [f for f in os.listdir(tmp_path / "out" / "ixi") if ".tmp" in f]
+  for f in ("IXI200-HH-0001-T1.nii.gz", "IXI206-HH-0007-T1.nii.gz"):
+    os.remove(manual / f)
+  assert _run(["--dataset=ixi", f"--manual_dir={manual}", f"--data_dir={tmp_path / 'out2'}"]) == 1
+
+
+def test_load_volume_messages_name_the_file(tmp_path):
+  p = _save(str(tmp_path / "flat.nii.gz"), np.full((8, 8, 4), 7))
+  with pytest.raises(volumes.BadInputError, match=r"flat\.nii\.gz: empty volume \(constant value 7"):
+    volumes.load_nifti(p)
+  with pytest.raises(volumes.BadInputError, match="no such file"):
+    volumes.load_nifti(str(tmp_path / "missing.nii.gz"))
+
+
+# ----------------------------------------------------------------------------------------------
+# interrupted runs
+
+
+def test_interrupted_run_leaves_no_partial_shard_and_rerun_completes(tmp_path, mni2mm):
+  manual = tmp_path / "IXI"
+  manual.mkdir()
+  for k in range(8):
+    _save(str(manual / f"IXI{300 + k}-HH-{k:04d}-T1.nii.gz"), _subject_volume(mni2mm, k))
+  files, _, _ = ixi.discover(str(manual))
+  sources, _ = ixi.make_sources(files, target_hw=(48, 48), max_slices=6)
+  train = [s for s in sources if s.split == "train"]
+  assert len(train) == 6
+  d = str(tmp_path / "out")
+  os.makedirs(d)
+  # Shard 1 of 2 gets train volumes 1, 3, 5: fail while loading volume 3, mid-shard.
+  crash = train[3]
+
+  def boom():
+    raise RuntimeError("simulated crash")
+
+  broken = [writer.VolumeSource(s.key, s.split, boom, s.stamp) if s is crash else s for s in sources]
+  with pytest.raises(RuntimeError, match="simulated crash"):
+    writer.write_dataset(d, broken, name="ixi", num_shards=2, progress=False, log=lambda m: None)
+  left = sorted(os.listdir(d))
+  assert records.INFO_FILE not in left
+  assert not [f for f in left if ".tmp" in f]
+  assert "train-00000-of-00002.tfrecord" in left and "train-00001-of-00002.tfrecord" not in left
+  # A SIGKILLed writer's leftover temp file is cleaned up too.
+  with open(os.path.join(d, "train-00001-of-00002.tfrecord.tmp-99999"), "wb") as f:
+    f.write(b"partial")
+  result = writer.write_dataset(d, sources, name="ixi", num_shards=2, progress=False, log=lambda m: None)
+  assert result.shards_reused >= 1 and result.shards_written >= 1
+  assert not [f for f in os.listdir(d) if ".tmp" in f]
+  for split in records.SPLITS:
+    keys = [(r["subject"], r["slice_index"]) for r in _records(d, split)]
+    assert len(keys) == len(set(keys)) == result.info["splits"][split]["num_examples"]
+  assert {r["subject"] for r in _records(d, "train")} == {files[i].subject for i in range(8)
+                                                          if any(s.key == files[i].key for s in train)}
+  # Changing the shard count replaces the old set instead of mixing with it.
+  writer.write_dataset(d, sources, name="ixi", num_shards=3, progress=False, log=lambda m: None)
+  assert len(records.list_shards(d, "train")) == 3
+  assert len(_records(d, "train")) == result.info["splits"]["train"]["num_examples"]
+
+
+# ----------------------------------------------------------------------------------------------
+# fastMRI
+
+
+def _real_slices(mni2mm, n, hw):
+  """n real axial MR slices centred in an hw field (float32)."""
+  vol = np.moveaxis(mni2mm, 2, 0)[30:30 + n].astype(np.float32)
+  return volumes.centre_crop_or_pad(np.kron(vol, np.ones((1, 2, 2), np.float32)), hw)  # back to ~1 mm
+
+
+def _coil_maps(n_coils, hw):
+  """Smooth complex coil sensitivities with sum_c |S_c|^2 = 1, so RSS recovers the image exactly."""
+  yy, xx = np.meshgrid(np.linspace(-1, 1, hw[0]), np.linspace(-1, 1, hw[1]), indexing="ij")
+  maps = []
+  for c in range(n_coils):
+    a = 2 * np.pi * c / n_coils
+    mag = np.exp(-((yy - 0.8 * np.cos(a)) ** 2 + (xx - 0.8 * np.sin(a)) ** 2))
+    maps.append(mag * np.exp(1j * (np.pi * (yy * np.cos(a) + xx * np.sin(a)))))
+  maps = np.stack(maps)
+  return maps / np.sqrt(np.sum(np.abs(maps) ** 2, axis=0, keepdims=True))
+
+
+HEADER = (b'<?xml version="1.0"?><ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD"><encoding>'
+          b'<encodedSpace><matrixSize><x>640</x><y>368</y><z>1</z></matrixSize><fieldOfView_mm><x>280</x>'
+          b'<y>140</y><z>4.5</z></fieldOfView_mm></encodedSpace><reconSpace><matrixSize><x>320</x><y>320</y>'
+          b'<z>1</z></matrixSize><fieldOfView_mm><x>140</x><y>140</y><z>3</z></fieldOfView_mm></reconSpace>'
+          b'</encoding></ismrmrdHeader>')
+
+
+def _h5(path, acquisition="CORPD_FBK", **datasets):
+  with h5py.File(path, "w") as f:
+    if acquisition is not None:
+      f.attrs["acquisition"] = acquisition
+    for k, v in datasets.items():
+      f.create_dataset(k, data=v)
+  return path
+
+
+def test_fastmri_kspace_reconstruction_is_exact(mni2mm):
+  img = _real_slices(mni2mm, 1, (352, 336))[0]
+  k = fastmri.image_to_kspace(img.astype(np.complex64))
+  np.testing.assert_allclose(fastmri.kspace_to_image(k, None), img, atol=1e-3)
+  maps = _coil_maps(4, img.shape)
+  np.testing.assert_allclose(fastmri.kspace_to_image(fastmri.image_to_kspace(maps * img), 0), img, atol=1e-3)
+
+
+def test_fastmri_files(tmp_path, mni2mm):
+  imgs = _real_slices(mni2mm, 4, (320, 320)) * 3e-4  # fastMRI-like magnitude units
+  big = _real_slices(mni2mm, 4, (400, 368)) * 3e-4  # oversampled readout: recon crops to 320x320
+  maps = _coil_maps(4, big.shape[1:])
+  manual = tmp_path / "knee"
+  train, val = manual / "singlecoil_train", manual / "multicoil_val"
+  train.mkdir(parents=True)
+  val.mkdir()
+  (manual / "singlecoil_test").mkdir()  # fastMRI's test set has no references: ignored
+  kspace_1 = fastmri.image_to_kspace(big.astype(np.complex64)).astype(np.complex64)
+  kspace_n = fastmri.image_to_kspace(maps[None] * big[:, None]).astype(np.complex64)
+  _h5(train / "file1000001.h5", kspace=kspace_1, reconstruction_esc=imgs, reconstruction_rss=imgs * 2,
+      ismrmrd_header=np.bytes_(HEADER))
+  _h5(train / "file1000002.h5", "CORPDFS_FBK", kspace=kspace_1)  # singlecoil, kspace only
+  _h5(train / "file1000003.h5", kspace=kspace_n)  # multicoil, kspace only
+  _h5(train / "file1000004.h5", "AXT2", reconstruction_esc=imgs)  # a brain acquisition
+  _h5(train / "file1000005.h5", None, reconstruction_esc=imgs)
+  _h5(train / "file1000006.h5", mask=np.ones(3))
+  (train / "file1000007.h5").write_bytes(b"not hdf5")
+  _h5(val / "file1000010.h5", "CORPDFS_FBK", kspace=kspace_n, reconstruction_rss=imgs)
+  out = tmp_path / "out"
+  assert _run(["--dataset=fastmri", f"--manual_dir={manual}", f"--data_dir={out}"]) == 0
+  d = str(out / "fastmri")
+  info = records.read_info(d)
+  bad = {os.path.basename(b["path"]): b["problem"] for b in info["bad_files"]}
+  assert "unknown acquisition 'AXT2'" in bad["file1000004.h5"]
+  assert "no 'acquisition' attribute" in bad["file1000005.h5"]
+  assert "no 'reconstruction_esc', 'reconstruction_rss' or 'kspace'" in bad["file1000006.h5"]
+  assert "not a readable HDF5 file" in bad["file1000007.h5"]
+  assert len(bad) == 4
+  assert info["labels"] == ["fastmri/FSPD", "fastmri/PD"]
+  assert info["splits"]["test"]["subjects"] == ["file1000010"]
+  assert sorted(info["splits"]["train"]["subjects"] + info["splits"]["val"]["subjects"]) == [
+      "file1000001", "file1000002", "file1000003"]
+  assert info["splits"]["val"]["num_volumes"] == 1
+  assert _run(["--dataset=fastmri", f"--manual_dir={manual}", f"--data_dir={out}", "--strict"]) == 1
+
+  recs = {(r["subject"], r["slice_index"]): r for s in records.SPLITS for r in _records(d, s)}
+  expected_from = {
+      "file1000001": (imgs, "PD"),  # reconstruction_esc preferred
+      "file1000002": (volumes.centre_crop_or_pad(big, (320, 320)), "FSPD"),
+      "file1000003": (volumes.centre_crop_or_pad(big, (320, 320)), "PD"),
+      "file1000010": (imgs, "FSPD"),  # reconstruction_rss preferred over kspace
+  }
+  for subject, (vol, contrast) in expected_from.items():
+    slices, index, scale = volumes.prepare_slices(vol, (320, 320), None)
+    assert len(index) == 4
+    for image, i in zip(slices, index):
+      r = recs[subject, i]
+      assert r["contrast"] == contrast and r["dataset"] == "fastmri" and r["image"].shape == (320, 320)
+      np.testing.assert_allclose(r["image"], image, atol=2e-5)
+      assert r["intensity_scale"] == pytest.approx(scale, rel=1e-4)
+  np.testing.assert_allclose(recs["file1000001", 0]["spacing"], [140 / 320, 140 / 320, 3])
+  np.testing.assert_allclose(recs["file1000002", 0]["spacing"], [1, 1, 1])
+
+
+def test_fastmri_split_by_file_without_folders(tmp_path, mni2mm):
+  imgs = _real_slices(mni2mm, 2, (320, 320))
+  for i in range(5):
+    _h5(tmp_path / f"file{i}.h5", reconstruction_esc=imgs[:, ::-1] if i % 2 else imgs)
+  split, _ = fastmri.split_files(str(tmp_path))
+  assert sorted(collections.Counter(split.values()).items()) == [("test", 1), ("train", 3), ("val", 1)]
+  assert split == fastmri.split_files(str(tmp_path))[0]

@@ -1,0 +1,173 @@
+"""The tf.data pipeline over real MR shards (the bundled sample): round trip, determinism, resume,
+eval coverage and per-host sharding."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from data_prep import sample, writer
+from mrsr_jax.data import pipeline, records
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+  """The sample dataset (package-shipped real MR volumes), 3 shards per split where possible."""
+  d = str(tmp_path_factory.mktemp("data") / "sample")
+  sources, bad, notes, config = sample.build(None)
+  writer.write_dataset(d, sources, name="sample", num_shards=3, config=config, bad=bad, notes=notes,
+                       progress=False, log=lambda m: None)
+  return d
+
+
+def _stored(d, split):
+  """Every record of a split, read straight from the shard files: key -> record."""
+  out = {}
+  for path in records.list_shards(d, split):
+    for raw in tf.data.TFRecordDataset(path):
+      r = records.decode_example_numpy(raw)
+      key = (r["subject"], int(r["slice_index"]))
+      assert key not in out
+      out[key] = r
+  return out
+
+
+def _eval_rows(d, split, **kw):
+  kw = {"global_batch_size": 8, "crop_size": None, "seed": 0, "train": False, **kw}
+  batches = list(pipeline.iterate(pipeline.create_dataset(d, split, **kw)))
+  rows = [{k: v[i] for k, v in b.items()} for b in batches for i in range(len(b["mask"]))]
+  return batches, rows
+
+
+def test_round_trip_bit_for_bit_and_eval_sees_every_slice_once(shards):
+  info = pipeline.dataset_info(shards)
+  for split in ("train", "test"):
+    stored = _stored(shards, split)
+    batches, rows = _eval_rows(shards, split)
+    real = [r for r in rows if r["mask"]]
+    assert len(real) == len(stored) == info["splits"][split]["num_examples"]
+    assert len(batches) == pipeline.eval_num_batches(shards, split, 8) == -(-len(stored) // 8)
+    seen = collections.Counter((r["subject"], int(r["slice_index"])) for r in real)
+    assert set(seen) == set(stored) and max(seen.values()) == 1
+    for r in real:
+      s = stored[r["subject"], int(r["slice_index"])]
+      np.testing.assert_array_equal(r["hr"][..., 0], s["image"])
+      assert info["labels"][r["label"]] == f"sample/{s['contrast']}"
+      assert r["intensity_scale"] == s["intensity_scale"]
+      np.testing.assert_array_equal(r["spacing"], s["spacing"])
+    pad = [r for r in rows if not r["mask"]]
+    assert len(pad) == 8 * len(batches) - len(stored)
+    assert all(not r["hr"].any() for r in pad)
+
+
+def test_volume_to_pipeline_bit_for_bit(shards):
+  """The slices data_prep computes from the real MNI volume come back unchanged from the pipeline."""
+  src = next(s for s in sample.build(None)[0] if s.key.endswith("mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz#test"))
+  vol = src.load()
+  _, rows = _eval_rows(shards, "test")
+  got = {int(r["slice_index"]): r["hr"][..., 0] for r in rows if r["mask"] and r["subject"] == "mni152_2009a"}
+  assert sorted(got) == list(vol.slice_indices)
+  for image, k in zip(vol.slices, vol.slice_indices):
+    np.testing.assert_array_equal(got[k], image)
+
+
+def test_sample_splits_are_disjoint_slabs(shards):
+  keys = {s: set(_stored(shards, s)) for s in records.SPLITS}
+  assert not (keys["train"] & keys["test"] or keys["train"] & keys["val"] or keys["test"] & keys["val"])
+  info = pipeline.dataset_info(shards)
+  assert info["labels"] == ["sample/B0", "sample/T1"]
+  assert 80 <= sum(s["num_examples"] for s in info["splits"].values()) <= 400
+  for subject in ("mni152_2009a", "nibabel_anatomical"):
+    idx = {s: sorted(k for subj, k in keys[s] if subj == subject) for s in records.SPLITS}
+    # train slab, then test, then val, with a one-slice gap between them.
+    assert idx["train"][-1] < idx["test"][0] - 1 and idx["test"][-1] < idx["val"][0] - 1
+
+
+def _take(ds, n):
+  return [b for _, b in zip(range(n), pipeline.iterate(ds))]
+
+
+def test_train_batches_shapes_and_determinism(shards):
+  kw = dict(global_batch_size=6, crop_size=48, train=True)
+  a = _take(pipeline.create_dataset(shards, "train", seed=3, **kw), 12)
+  b = _take(pipeline.create_dataset(shards, "train", seed=3, **kw), 12)
+  c = _take(pipeline.create_dataset(shards, "train", seed=4, **kw), 12)
+  n_train = pipeline.dataset_info(shards)["splits"]["train"]["num_examples"]
+  assert 12 * 6 > n_train  # crosses an epoch boundary: repeat works
+  for x, y in zip(a, b):
+    assert x.keys() == y.keys()
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+  assert any(not np.array_equal(x["hr"], z["hr"]) for x, z in zip(a, c))
+  first = a[0]
+  assert first["hr"].shape == (6, 48, 48, 1) and first["hr"].dtype == np.float32
+  assert first["label"].dtype == np.int32 and first["slice_index"].dtype == np.int32
+  assert first["spacing"].shape == (6, 3) and first["intensity_scale"].shape == (6,)
+  assert first["mask"].all() and first["subject"].dtype.kind == "U"
+  hr = np.concatenate([x["hr"] for x in a])
+  assert hr.min() >= 0 and hr.max() <= 1 and hr.max() > 0.5
+  # Shuffled: the first batch is not the file order of the first shard.
+  stored_first = list(_stored(shards, "train"))[:6]
+  assert [(s, int(k)) for s, k in zip(first["subject"], first["slice_index"])] != stored_first
+
+
+def test_random_crop_is_a_crop_of_the_stored_slice(shards):
+  stored = _stored(shards, "train")
+  for batch in _take(pipeline.create_dataset(shards, "train", global_batch_size=4, crop_size=40, seed=0,
+                                             train=True), 3):
+    for hr, subj, k in zip(batch["hr"][..., 0], batch["subject"], batch["slice_index"]):
+      full = stored[subj, int(k)]["image"]
+      windows = np.lib.stride_tricks.sliding_window_view(full, (40, 40))
+      assert np.any(np.all(windows == hr, axis=(-2, -1)))
+  # Larger than the slice: zero padded, the whole slice inside.
+  batch = _take(pipeline.create_dataset(shards, "train", global_batch_size=2, crop_size=160, seed=0,
+                                        train=True), 1)[0]
+  hr = batch["hr"][0, ..., 0]
+  full = stored[batch["subject"][0], int(batch["slice_index"][0])]["image"]
+  assert hr.shape == (160, 160) and np.isclose(hr.sum(), full.sum(), rtol=1e-5)
+
+
+def test_start_step_resumes_the_data_position(shards):
+  kw = dict(global_batch_size=4, crop_size=32, seed=7, train=True)
+  full = _take(pipeline.create_dataset(shards, "train", **kw), 9)
+  resumed = _take(pipeline.create_dataset(shards, "train", start_step=5, **kw), 4)
+  for x, y in zip(full[5:], resumed):
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+
+
+def test_per_host_sharding_partitions_the_data(shards):
+  info = pipeline.dataset_info(shards)
+  stored = set(_stored(shards, "test"))
+  assert info["splits"]["test"]["num_shards"] == 3
+  for count in (2, 4):  # 2 hosts: file-level sharding (3 files); 4 hosts: element-level
+    per_host, n_batches = [], set()
+    for index in range(count):
+      batches, rows = _eval_rows(shards, "test", global_batch_size=4 * count, process_index=index,
+                                 process_count=count)
+      n_batches.add(len(batches))
+      assert all(b["hr"].shape[0] == 4 for b in batches)
+      per_host.append({(r["subject"], int(r["slice_index"])) for r in rows if r["mask"]})
+    assert len(n_batches) == 1  # every host runs the same number of eval steps
+    assert set().union(*per_host) == stored
+    assert sum(len(h) for h in per_host) == len(stored)
+  # Training: hosts see disjoint slices in an epoch.
+  hosts = []
+  for index in range(2):
+    ds = pipeline.create_dataset(shards, "train", global_batch_size=2, crop_size=32, seed=0, train=True,
+                                 num_epochs=1, process_index=index, process_count=2)
+    hosts.append({(s, int(k)) for b in pipeline.iterate(ds) for s, k in zip(b["subject"], b["slice_index"])})
+  assert not hosts[0] & hosts[1]
+  assert len(hosts[0] | hosts[1]) >= info["splits"]["train"]["num_examples"] - 2  # remainders dropped
+
+
+def test_errors_name_the_problem(shards, tmp_path):
+  with pytest.raises(FileNotFoundError, match="build the shards first"):
+    pipeline.create_dataset(str(tmp_path), "train", global_batch_size=2, crop_size=32, seed=0, train=True,
+                            process_index=0, process_count=1)
+  with pytest.raises(ValueError, match="not .*multiple of process_count=2|multiple of process_count=2"):
+    pipeline.create_dataset(shards, "train", global_batch_size=3, crop_size=32, seed=0, train=True,
+                            process_index=0, process_count=2)
