@@ -18,9 +18,9 @@ LEAKY = 0.2
 class ResidualBlock(nn.Module):
   def __init__(self, f: int):
     super().__init__()
-    self.conv1 = nn.Conv2d(f, f, 3, padding=1)
+    self.conv1 = nn.Conv2d(f, f, 3, padding=1, bias=False)
     self.bn1 = nn.BatchNorm2d(f, momentum=0.1, eps=1e-5)
-    self.conv2 = nn.Conv2d(f, f, 3, padding=1)
+    self.conv2 = nn.Conv2d(f, f, 3, padding=1, bias=False)
     self.bn2 = nn.BatchNorm2d(f, momentum=0.1, eps=1e-5)
 
   def forward(self, x):
@@ -33,7 +33,7 @@ class SRGenerator(nn.Module):
     f = features
     self.conv_in = nn.Conv2d(1, f, 9, padding=4)
     self.blocks = nn.Sequential(*[ResidualBlock(f) for _ in range(num_blocks)])
-    self.conv_mid = nn.Conv2d(f, f, 3, padding=1)
+    self.conv_mid = nn.Conv2d(f, f, 3, padding=1, bias=False)
     self.bn_mid = nn.BatchNorm2d(f)
     self.up = nn.ModuleList([nn.Conv2d(f, 4 * f, 3, padding=1) for _ in range(int(math.log2(scale)))])
     self.conv_out = nn.Conv2d(f, 1, 9, padding=4)
@@ -54,7 +54,7 @@ class SRDiscriminator(nn.Module):
     self.conv0 = nn.Conv2d(1, f, 3, padding=1)
     layers, cin = [], f
     for m, s in ((1, 2), (2, 1), (2, 2), (4, 1), (4, 2), (8, 1), (8, 2)):
-      layers += [nn.Conv2d(cin, m * f, 3, stride=s, padding=1), nn.BatchNorm2d(m * f),
+      layers += [nn.Conv2d(cin, m * f, 3, stride=s, padding=1, bias=False), nn.BatchNorm2d(m * f),
                  nn.LeakyReLU(LEAKY)]
       cin = m * f
     self.body = nn.Sequential(*layers)

@@ -69,5 +69,7 @@ def test_two_processes_match_one_process_with_eight_devices(trained, tmp_path):
   assert step_ref == step_multi == ref.sr.num_steps
   leaves_ref, leaves_multi = jax.tree.leaves(p_ref), jax.tree.leaves(p_multi)
   assert len(leaves_ref) == len(leaves_multi)
+  # Float tolerance: gloo's all-reduce sums in another order than XLA's in-process one, and Adam
+  # turns round-off in a near-zero gradient into up to a few % of one step (lr = 1e-3).
   for a, b in zip(leaves_ref, leaves_multi):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5)

@@ -10,6 +10,7 @@ Discriminator: SRGAN's conv stack (n64s1 + LeakyReLU(0.2), then conv-BN-LeakyReL
 n256s1, n256s2, n512s1, n512s2), then **global average pooling** (SRGAN flattens a fixed 96x96 map; pooling
 lets any slice size through), dense 1024, LeakyReLU(0.2), dense 1 -> logits `[B]` in float32.
 
+Convolutions that feed a BatchNorm have no bias (BN cancels it), as in ResNets.
 BatchNorm uses `use_running_average=not train`, momentum 0.9 (torch's 0.1), eps 1e-5, collection
 `batch_stats`; call `apply(..., mutable=["batch_stats"])` when `train=True`.
 """
@@ -55,9 +56,11 @@ class ResidualBlock(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     bn = dict(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS, **kw)
-    y = nn.Conv(self.features, (3, 3), padding="SAME", name="conv1", **kw)(x)
+    # No conv bias before BatchNorm: BN's mean subtraction cancels it (its true gradient is 0, so it
+    # would only drift on round-off).
+    y = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False, name="conv1", **kw)(x)
     y = nn.relu(nn.BatchNorm(name="bn1", **bn)(y))
-    y = nn.Conv(self.features, (3, 3), padding="SAME", name="conv2", **kw)(y)
+    y = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False, name="conv2", **kw)(y)
     return x + nn.BatchNorm(name="bn2", **bn)(y)
 
 
@@ -81,7 +84,7 @@ class SRGenerator(nn.Module):
     skip = x
     for i in range(self.num_blocks):
       x = ResidualBlock(f, name=f"res_{i}", **kw)(x, train=train)
-    x = nn.Conv(f, (3, 3), padding="SAME", name="conv_mid", **kw)(x)
+    x = nn.Conv(f, (3, 3), padding="SAME", use_bias=False, name="conv_mid", **kw)(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS, name="bn_mid", **kw)(x)
     x = x + skip  # the long skip of Fig. 6
     for i in range(int(math.log2(self.scale))):
@@ -106,7 +109,8 @@ class SRDiscriminator(nn.Module):
     x = nn.leaky_relu(nn.Conv(f, (3, 3), padding="SAME", name="conv0", **kw)(x), LEAKY_SLOPE)
     # (width multiplier, stride): SRGAN's n64s2, n128s1, n128s2, n256s1, n256s2, n512s1, n512s2.
     for i, (m, s) in enumerate(((1, 2), (2, 1), (2, 2), (4, 1), (4, 2), (8, 1), (8, 2))):
-      x = nn.Conv(m * f, (3, 3), strides=(s, s), padding="SAME", name=f"conv{i + 1}", **kw)(x)
+      x = nn.Conv(m * f, (3, 3), strides=(s, s), padding="SAME", use_bias=False, name=f"conv{i + 1}",
+                  **kw)(x)
       x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS, name=f"bn{i + 1}",
                        **kw)(x)
       x = nn.leaky_relu(x, LEAKY_SLOPE)

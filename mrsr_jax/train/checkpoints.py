@@ -72,16 +72,17 @@ def read_meta(directory: str, step: int | None = None) -> dict[str, Any]:
 
 
 def load_state(directory: str, step: int | None = None) -> tuple[dict[str, Any], int]:
-  """The saved state as a plain tree (no target structure needed: inspection, tests, tools)."""
-  mngr = ocp.CheckpointManager(os.path.abspath(directory), item_names=("state", "meta"))
-  try:
-    step = mngr.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"{directory}: no checkpoint")
-    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    return restored["state"], step
-  finally:
-    mngr.close()
+  """The saved state as a plain tree on one local device, whatever topology saved it (no target
+  structure needed: inspection, tests, tools)."""
+  step = latest_step(directory) if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"{directory}: no checkpoint")
+  path = os.path.join(os.path.abspath(directory), str(step), "state")
+  with ocp.StandardCheckpointer() as ckptr:
+    tree = ckptr.metadata(path).item_metadata
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+    return ckptr.restore(path, target), step
 
 
 def latest_step(directory: str) -> int | None:
