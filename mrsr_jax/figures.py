@@ -8,7 +8,10 @@ import os
 
 import matplotlib
 
-matplotlib.use("Agg")  # files only; no display on servers
+# Files only, no display on servers; but keep a backend the user chose (a notebook's inline one, which
+# ipykernel and Colab announce in MPLBACKEND), or importing this module would stop plots showing there.
+if not os.environ.get("MPLBACKEND"):
+  matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 

@@ -51,8 +51,12 @@ def validate(config: ml_collections.ConfigDict, mesh=None) -> None:
   records.list_shards(loop.dataset_dir(config), "train")   # missing shards: fail now, clearly
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> dict:
-  """Runs every stage in `config.stages`; returns {stage: final TrainState}."""
+def train(config: ml_collections.ConfigDict, workdir: str, mesh=None, *,
+          extra_losses=None) -> dict:
+  """Runs every stage in `config.stages`; returns {stage: final TrainState}.
+
+  `extra_losses` ({name: (weight, fn)}) adds user terms to the SR loss; see stage_sr.SRStage.
+  """
   mesh = mesh or sharding.make_mesh()
   validate(config, mesh)
   if jax.process_index() == 0:
@@ -62,5 +66,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> dict:
   states = {}
   for name in config.stages:
     logging.info("=== stage %s ===", name)
-    states[name] = loop.train_stage(STAGES[name](config, workdir), mesh)
+    stage = (SRStage(config, workdir, extra_losses) if name == "sr"
+             else STAGES[name](config, workdir))
+    states[name] = loop.train_stage(stage, mesh)
   return states

@@ -10,6 +10,7 @@ optimiser and never differentiated.
 from __future__ import annotations
 
 import os
+from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -30,11 +31,21 @@ def make_lr(config, hr: jax.Array) -> jax.Array:
   return degrade.downsample(hr, config.scale, method=config.degradation, hamming=config.hamming)
 
 
+# A user loss term: fn(*, sr, hr, lr, feats_sr, feats_target) -> scalar, added to L_SR with a weight.
+LossTerm = Callable[..., jax.Array]
+
+
 class SRStage(loop.Stage):
+  """`extra_losses` = {name: (weight, fn)} adds user terms to Eq. 9 inside the same compiled step;
+  each is logged as `g_<name>` (unweighted) like the built-in terms."""
   name = "sr"
 
-  def __init__(self, config, workdir):
+  def __init__(self, config, workdir, extra_losses: Mapping[str, tuple[float, LossTerm]] | None = None):
     super().__init__(config, workdir)
+    self.extra_losses = dict(extra_losses or {})
+    for term, spec in self.extra_losses.items():
+      if not (isinstance(spec, tuple) and len(spec) == 2 and callable(spec[1])):
+        raise ValueError(f"extra_losses['{term}'] must be a (weight, function) pair, got {spec!r}")
     self.gen = generator(config)
     self.disc = srgan.SRDiscriminator(features=self.cfg.disc_features, dtype=self.dtype)
     self.which = features.needed(self.cfg.loss)
@@ -95,6 +106,14 @@ class SRStage(loop.Stage):
       total, parts = losses.sr_generator_loss(sr=sr, hr=hr, fake_logits=fake_logits,
                                               feats_sr=feats_sr, feats_target=feats_target,
                                               weights=cfg)
+      for term, (weight, fn) in self.extra_losses.items():
+        value = jnp.asarray(fn(sr=sr, hr=hr, lr=lr, feats_sr=feats_sr, feats_target=feats_target),
+                            jnp.float32)
+        if value.shape != ():
+          raise ValueError(f"extra loss '{term}' must return a scalar, got shape {value.shape}")
+        parts = {**parts, term: value}
+        total = total + weight * value
+      parts["total"] = total
       return total, (parts, sr, gen_stats)
 
     _, (parts, sr, gen_stats), g_grads = loop.step_lib.value_and_grad_with_aux(gen_loss, p["gen"])

@@ -1,0 +1,158 @@
+"""The notebook API: its loss breakdown is Eq. 9 as `losses.sr_generator_loss` computes it, a user loss
+term trains through the SR step, and examples/loss_experiments.ipynb runs top to bottom."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from mrsr_jax import api, features, losses
+from mrsr_jax.data import degrade
+from mrsr_jax.models import srgan
+from mrsr_jax.train import checkpoints
+
+NOTEBOOK = ROOT / "examples" / "loss_experiments.ipynb"
+
+
+def edge_loss(*, sr, hr, **unused):
+  """Gradient difference: L1 between vertical finite differences of SR and HR."""
+  return jnp.mean(jnp.abs((sr[:, 1:] - sr[:, :-1]) - (hr[:, 1:] - hr[:, :-1])))
+
+
+# -- configs ----------------------------------------------------------------------------------------
+def test_load_config_by_name_path_and_overrides(tmp_path):
+  config = api.load_config("tiny", data_dir=str(tmp_path), overrides={"sr.loss.lambda_vit": 0.25,
+                                                                       "sr.num_steps": 7})
+  assert config.data_dir == str(tmp_path)
+  assert config.sr.loss.lambda_vit == 0.25 and config.sr.num_steps == 7
+  assert api.load_config("tiny").sr.loss.lambda_vit == 1.0          # no shared state between loads
+  by_path = api.load_config(str(ROOT / "configs" / "demo.py"))
+  assert by_path.crop_size == api.load_config("demo").crop_size
+  row = api.load_config("ablation_vit:ixi_x2")
+  assert row.stages == ("sr",) and row.scale == 2 and row.sr.loss.lambda_str == 0.0
+  with pytest.raises(ValueError, match="no config 'nope'"):
+    api.load_config("nope")
+  with pytest.raises(ValueError, match="sr.loss.lambda_typo"):
+    api.load_config("tiny", overrides={"sr.loss.lambda_typo": 1.0})
+  with pytest.raises(ValueError, match="not a row of Tables 1-2"):
+    api.with_loss(config, "vit+everything")
+
+
+# -- the loss breakdown -----------------------------------------------------------------------------
+def test_loss_breakdown_equals_sr_generator_loss_by_hand(trained):
+  config, workdir, states = trained
+  batch = api.get_batch(config)
+  assert batch["hr"].shape == (config.sr.batch_size, config.crop_size, config.crop_size, 1)
+  np.testing.assert_allclose(batch["lr"], degrade.downsample(jnp.asarray(batch["hr"]), config.scale),
+                             atol=1e-6)
+  frozen = api.load_feature_extractors(config, workdir)
+  state = states["sr"]
+  got = api.loss_breakdown(config, batch, frozen, state, extra_losses={"edge": (2.0, edge_loss)})
+
+  # By hand: the generator and discriminator in inference mode, features of SR and of bicubic(LR).
+  hr = jnp.asarray(batch["hr"])
+  lr = degrade.downsample(hr, config.scale)
+  sr = srgan.SRGenerator(scale=config.scale, **config.sr.model).apply(
+      {"params": state.params["gen"], "batch_stats": state.batch_stats["gen"]}, lr, train=False)
+  logits = srgan.SRDiscriminator(features=config.sr.disc_features).apply(
+      {"params": state.params["disc"], "batch_stats": state.batch_stats["disc"]}, sr, train=False)
+  which = {"vit", "z_s", "z_t"}
+  feats_sr = features.extract(config, frozen, sr, which)
+  feats_lr = features.extract(config, frozen, degrade.upsample_bicubic(lr, config.scale), which)
+  total, terms = losses.sr_generator_loss(sr=sr, hr=hr, fake_logits=logits, feats_sr=feats_sr,
+                                          feats_target=feats_lr, weights=config.sr.loss)
+  edge = float(edge_loss(sr=sr, hr=hr))
+  assert set(got.terms) == {"adv", "vit", "str", "tex", "pixel", "edge"}
+  for name in ("adv", "vit", "str", "tex", "pixel"):
+    np.testing.assert_allclose(got.terms[name], float(terms[name]), rtol=2e-4, atol=1e-6, err_msg=name)
+  np.testing.assert_allclose(got.terms["edge"], edge, rtol=2e-4)
+  np.testing.assert_allclose(got.total, float(total) + 2.0 * edge, rtol=2e-4)
+  assert got.weights["tex"] == config.sr.loss.lambda_tex and got.weights["edge"] == 2.0
+
+  # A zero weight keeps the term in the breakdown (unweighted) but out of the total.
+  ablated = api.loss_breakdown(api.with_loss(config, "vit"), batch, frozen, state)
+  np.testing.assert_allclose(ablated.terms["str"], float(terms["str"]), rtol=2e-4)
+  np.testing.assert_allclose(ablated.total, float(total) - config.sr.loss.lambda_str * float(terms["str"])
+                             - config.sr.loss.lambda_tex * float(terms["tex"]), rtol=2e-4)
+  # Bicubic is the feature target itself (feature_target="lr"): its feature terms vanish.
+  bic = api.loss_breakdown(config, batch, frozen, state, sr=batch["bicubic"])
+  assert max(abs(bic.terms[k]) for k in ("vit", "str", "tex")) < 1e-4
+  with pytest.raises(ValueError, match="extra loss 'bad' must return a scalar"):
+    api.loss_breakdown(config, batch, frozen, state, extra_losses={"bad": (1.0, lambda *, sr, **_: sr)})
+  table = api.loss_table({"trained": got, "bicubic": bic})
+  assert "| trained |" in table and "L_edge" in table and "*weight (trained)*" in table
+
+
+# -- a user loss term through the training step ------------------------------------------------------
+def test_custom_loss_term_trains_through_the_sr_step(trained, tmp_path):
+  config, workdir, _ = trained
+  config = config.copy_and_resolve_references()
+  config.log_every_steps, config.image_every_steps = 1, 0
+  finals = {}
+  for weight in (0.0, 50.0):
+    run = str(tmp_path / f"edge_{weight:g}")
+    finals[weight] = api.train_sr(config, run, features_workdir=workdir, num_steps=2,
+                                  extra_losses={"edge": (weight, edge_loss)})
+    curves = api.read_curves(run)
+    assert "sr/g_edge" in curves, sorted(curves)
+    steps, values = curves["sr/g_edge"]
+    assert list(steps) == [1, 2] and np.all(np.isfinite(values)) and np.all(values > 0)
+    # The logged total is the built-in terms plus weight * edge, computed in the same step.
+    parts = {k: curves[f"sr/g_{k}"][1] for k in ("adv", "vit", "str", "tex", "pixel")}
+    w = {"adv": config.sr.loss.adv_weight, "vit": config.sr.loss.lambda_vit,
+         "str": config.sr.loss.lambda_str, "tex": config.sr.loss.lambda_tex,
+         "pixel": config.sr.loss.pixel_weight}
+    np.testing.assert_allclose(curves["sr/g_total"][1], sum(w[k] * parts[k] for k in w) + weight * values,
+                               rtol=1e-4)
+  # Step 1 sees the same init and batch, so the term's value agrees; its weight changes the update.
+  e0, e50 = (api.read_curves(str(tmp_path / f"edge_{w:g}"))["sr/g_edge"][1] for w in (0.0, 50.0))
+  np.testing.assert_allclose(e0[0], e50[0], rtol=1e-5)
+  g0, g50 = (jax.tree.leaves(jax.device_get(finals[w].params["gen"])) for w in (0.0, 50.0))
+  assert max(float(np.max(np.abs(a - b))) for a, b in zip(g0, g50)) > 1e-4
+  _, step = checkpoints.load_state(str(tmp_path / "edge_50" / "sr" / "checkpoints"))
+  assert step == 2
+
+
+# -- the notebook -----------------------------------------------------------------------------------
+def test_notebook_runs_top_to_bottom(sample_data_dir, tmp_path, monkeypatch):
+  nbformat = pytest.importorskip("nbformat")
+  nbclient = pytest.importorskip("nbclient")
+  pytest.importorskip("ipykernel")
+  nb = nbformat.read(NOTEBOOK, as_version=4)
+  # Committed with outputs cleared, so the diff of a change is the change.
+  assert all(not c.get("outputs") and c.get("execution_count") is None
+             for c in nb.cells if c.cell_type == "code")
+
+  workdir = tmp_path / "runs"
+  # The kernel is a fresh process that sees the repository as an installed package would, one CPU
+  # device (a Colab-like runtime), tiny networks and a few steps.
+  flags = os.environ.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "")
+  monkeypatch.setenv("XLA_FLAGS", flags.strip())
+  monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+  monkeypatch.setenv("MRSR_NOTEBOOK_CONFIG", "tiny")
+  monkeypatch.setenv("MRSR_NOTEBOOK_STEPS", "2")
+  monkeypatch.setenv("MRSR_NOTEBOOK_DATA_DIR", sample_data_dir)
+  monkeypatch.setenv("MRSR_NOTEBOOK_WORKDIR", str(workdir))
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=300,
+                                   resources={"metadata": {"path": str(tmp_path)}})
+  client.execute()   # raises CellExecutionError, with the cell and traceback, on any error
+
+  for name in ("curves.png", "comparison.png"):
+    assert (workdir / name).stat().st_size > 1000, name
+  edge_curves = api.read_curves(str(workdir / "sr_full_edge"))
+  assert list(edge_curves["sr/g_edge"][0]) == [1, 2]
+  assert "sr/g_edge" not in api.read_curves(str(workdir / "sr_full"))
+  assert "sr/g_str" not in api.read_curves(str(workdir / "sr_vit"))      # the ablation row
+  report = json.loads((workdir / "sr_full" / "eval" / "results.json").read_text())
+  assert set(report["results"]) == {"bicubic", "ours", "vit", "full+edge"}
+  outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+  images = [o for o in outputs if "image/png" in o.get("data", {})]
+  assert len(images) >= 3, "the figures were not displayed"
+  markdown = "".join(o["data"].get("text/markdown", "") for o in outputs if "data" in o)
+  for term in ("L_adv", "L_vit", "L_str", "L_tex", "L_pixel", "L_edge"):
+    assert term in markdown, term
