@@ -6,7 +6,7 @@
   python run.py --config=configs/demo.py --workdir=/tmp/demo --mode=predict --input=IN.nii.gz --output=OUT.nii.gz
 """
 
-import os
+import logging as pylogging
 import sys
 
 from absl import app, flags, logging
@@ -30,9 +30,17 @@ flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (auto
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _QuietLibraries(pylogging.Filter):
+  """orbax logs every checkpoint step at INFO through absl; keep its warnings, drop the chatter."""
+
+  def filter(self, record):
+    return record.levelno >= pylogging.WARNING or "/orbax/" not in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   # TensorFlow only reads data here: hide GPUs from it so it never takes JAX's memory.
   import tensorflow as tf
   tf.config.set_visible_devices([], "GPU")

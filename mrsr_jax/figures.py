@@ -22,7 +22,7 @@ def comparison_panel(images: dict[str, np.ndarray], rows: list[str], path: str, 
   diffs = {n: np.abs(images[n] - hr) for n in rows}
   vmax_diff = max(float(d.max()) for d in diffs.values()) or 1.0
   cols = 1 + len(rows)
-  fig, axes = plt.subplots(2, cols, figsize=(2.6 * cols, 5.6), squeeze=False)
+  fig, axes = plt.subplots(2, cols, figsize=(2.6 * cols, 5.6), squeeze=False, layout="constrained")
   axes[0, 0].imshow(hr, cmap="gray", vmin=0, vmax=1)
   axes[0, 0].set_title("HR")
   axes[1, 0].axis("off")
@@ -68,7 +68,7 @@ def loss_curves(metrics_path: str, path: str, title: str = "") -> None:
   n = len(series)
   cols = min(n, 4)
   rows = (n + cols - 1) // cols
-  fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows), squeeze=False)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows), squeeze=False, layout="constrained")
   for ax, (name, (steps, values)) in zip(axes.ravel(), sorted(series.items())):
     ax.plot(steps, values)
     ax.set_title(name.split("/", 1)[-1], fontsize=9)
@@ -83,7 +83,6 @@ def loss_curves(metrics_path: str, path: str, title: str = "") -> None:
 def _save(fig, path: str) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = path + ".tmp.png"
-  fig.tight_layout()
   fig.savefig(tmp, dpi=90)
   plt.close(fig)
   os.replace(tmp, path)
