@@ -1,15 +1,27 @@
 """Side-by-side speed of the SR networks: our jitted JAX step vs the same networks in PyTorch.
 
-  python bench/bench_sr.py                        # CPU defaults: small batch, train + inference rows
-  python bench/bench_sr.py --batch=32 --repeats=3 # e.g. on a GPU
-  python bench/bench_sr.py --rows=infer --sizes=256,512
+  python bench/bench_sr.py                        # CPU defaults: batch 4 at 240², train + inference rows
+  python bench/bench_sr.py --rows=train --scales=4 --iters=3 --repeats=3
+  python bench/bench_sr.py --rows=infer --sizes=256,512 --dtype=bfloat16
+  python bench/bench_sr.py --batch=32 --repeats=3  # e.g. on a GPU
 
 Each measurement runs in its own subprocess (so peak memory is its own and one framework's thread
-pools do not slow the other), frameworks alternate, and each row reports the median over `--repeats`.
-Printed per row: compile / first-call time, steady-state ms per step and per slice, images/s, peak
-memory (host RSS on CPU, device peak on GPU), and the ratio ours/PyTorch-eager in images/s.
-Train step = one generator and one discriminator update (L1 + adversarial; the frozen-feature terms are
-off so both frameworks run the same networks); LR made from 240x240 HR at 2x and 4x.
+pools do not slow the other); frameworks alternate within a row and their order rotates from one
+repeat to the next, so load changes on a shared machine hit all of them alike. Each row reports the
+median over `--repeats` of each worker's median step time.
+
+Printed per row: compile / first-call time (tracing + XLA or inductor compile + first run), steady
+ms per step and per slice, images/s, peak memory (host RSS on CPU, with the growth over the RSS after
+imports in brackets; device peak on GPU) and ours/this in images/s (> 1: ours is faster).
+
+Train step = one generator and one discriminator update (L1 + adversarial; the frozen-feature terms
+are off so both frameworks run the same networks), LR made from the 240² HR batch inside the step
+(anti-aliased bicubic, 2× and 4×). Ours is the real `SRStage.update` compiled by
+`mrsr_jax.train.step.compile_step`; PyTorch's is `bench/torch_reference.py`.
+
+PyTorch on CPU: `--torch_threads=auto` (default) times the warm-up calls with 1 thread and with one
+per core and keeps the faster: on a loaded machine OpenMP's spinning barriers can make the
+multi-threaded run several times slower than one thread, and the baseline should be PyTorch at its best.
 """
 
 from __future__ import annotations
@@ -25,13 +37,21 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-# -- workers (one measurement each, in a subprocess) -------------------------------------------------
-def _peak_host_mb() -> float:
-  import resource
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# -- shared by the bench scripts' workers --------------------------------------------------------------
+def rss_mb() -> tuple[float, float]:
+  """(current, peak) resident set size of this process in MiB, from /proc (Linux)."""
+  cur = peak = 0.0
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith("VmRSS:"):
+        cur = int(line.split()[1]) / 1024
+      elif line.startswith("VmHWM:"):
+        peak = int(line.split()[1]) / 1024
+  return cur, peak
 
 
-def _timeit(fn, sync, iters: int, warmup: int) -> tuple[float, list[float]]:
+def timeit(fn, sync, iters: int, warmup: int) -> tuple[float, list[float]]:
+  """(first-call seconds, steady per-call seconds): compile + first run apart from the steady state."""
   t0 = time.perf_counter()
   sync(fn())
   first = time.perf_counter() - t0
@@ -45,11 +65,50 @@ def _timeit(fn, sync, iters: int, warmup: int) -> tuple[float, list[float]]:
   return first, times
 
 
+def jax_memory(base_rss: float) -> dict:
+  import jax
+  dev = jax.devices()[0]
+  if dev.platform != "cpu":
+    stats = dev.memory_stats() or {}
+    return {"peak_mb": stats.get("peak_bytes_in_use", 0) / 2**20, "growth_mb": None}
+  _, peak = rss_mb()
+  return {"peak_mb": peak, "growth_mb": peak - base_rss}
+
+
+def jax_device() -> str:
+  import jax
+  dev = jax.devices()[0]
+  return f"{dev.platform}:{getattr(dev, 'device_kind', '')} x{jax.device_count()}"
+
+
+def pick_torch_threads(fn, requested: str) -> int:
+  """`auto`: the faster of 1 thread and one per core on a warm call (see the module docstring)."""
+  import torch
+  ncpu = os.cpu_count() or 1
+  if requested != "auto":
+    torch.set_num_threads(int(requested))
+    return int(requested)
+  best = None
+  for n in sorted({1, ncpu}):
+    torch.set_num_threads(n)
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    dt = time.perf_counter() - t0
+    if best is None or dt < best[0]:
+      best = (dt, n)
+  torch.set_num_threads(best[1])
+  return best[1]
+
+
+# -- workers (one measurement each, in a subprocess) -------------------------------------------------
 def worker_jax(spec: dict) -> dict:
   sys.path.insert(0, ROOT)
   import jax
   import jax.numpy as jnp
   import numpy as np
+  if spec.get("matmul_precision"):
+    jax.config.update("jax_default_matmul_precision", spec["matmul_precision"])
   from configs import base
   from mrsr_jax import sharding
   from mrsr_jax.train import loop, step as step_lib
@@ -64,6 +123,7 @@ def worker_jax(spec: dict) -> dict:
   mesh = sharding.make_mesh()
   rng = np.random.default_rng(0)
   b, m, s = spec["batch"], spec["size"], spec["scale"]
+  base_rss, _ = rss_mb()
   if spec["task"] == "train":
     stage = SRStage(config, "/tmp/unused")
     init, _ = loop.init_state(stage, mesh)
@@ -71,10 +131,11 @@ def worker_jax(spec: dict) -> dict:
     step = step_lib.compile_step(stage.update, mesh)
     batch = sharding.to_global({"hr": rng.random((b, m, m, 1), np.float32),
                                 "label": np.zeros((b,), np.int32)}, mesh)
+    key = jax.random.key(1)
     holder = {"state": state}
 
     def fn():
-      holder["state"], metrics = step(holder["state"], batch, jax.random.key(1), {})
+      holder["state"], metrics = step(holder["state"], batch, key, {})
       return metrics["g_total"]
   else:
     gen = generator(config)
@@ -84,14 +145,9 @@ def worker_jax(spec: dict) -> dict:
 
     def fn():
       return apply(variables, lr)
-  first, times = _timeit(fn, lambda x: jax.block_until_ready(x), spec["iters"], spec["warmup"])
-  dev = jax.devices()[0]
-  peak = None
-  if dev.platform != "cpu":
-    stats = dev.memory_stats() or {}
-    peak = stats.get("peak_bytes_in_use", 0) / 2**20
-  return {"first_s": first, "times": times, "peak_mb": peak if peak is not None else _peak_host_mb(),
-          "device": f"{dev.platform}:{getattr(dev, 'device_kind', '')} x{jax.device_count()}"}
+  first, times = timeit(fn, jax.block_until_ready, spec["iters"], spec["warmup"])
+  return {"first_s": first, "times": times, **jax_memory(base_rss), "device": jax_device(),
+          "threads": None}
 
 
 def worker_torch(spec: dict) -> dict:
@@ -100,25 +156,25 @@ def worker_torch(spec: dict) -> dict:
   import torch_reference as tr
 
   dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-  if dev.type == "cpu":
-    torch.set_num_threads(os.cpu_count())
   dtype = torch.bfloat16 if spec["dtype"] == "bfloat16" else None
   b, m, s = spec["batch"], spec["size"], spec["scale"]
-  gen = tr.SRGenerator(s).to(dev).to(memory_format=torch.channels_last)
+  cl = torch.channels_last
+  base_rss, _ = rss_mb()
+  gen = tr.SRGenerator(s).to(dev).to(memory_format=cl)
   torch.manual_seed(0)
-  hr = torch.rand(b, 1, m, m, device=dev)
-  lr = torch.rand(b, 1, m // s, m // s, device=dev)
+  hr = torch.rand(b, 1, m, m, device=dev).contiguous(memory_format=cl)
+  lr = torch.rand(b, 1, m // s, m // s, device=dev).contiguous(memory_format=cl)
   if spec["task"] == "train":
-    disc = tr.SRDiscriminator().to(dev).to(memory_format=torch.channels_last)
+    disc = tr.SRDiscriminator().to(dev).to(memory_format=cl)
     opt_g = torch.optim.AdamW(gen.parameters(), 1e-4, weight_decay=0.1)
     opt_d = torch.optim.AdamW(disc.parameters(), 1e-4, weight_decay=0.1)
-    step = tr.train_step_fn(gen, disc, opt_g, opt_d)
+    step = tr.train_step_fn(gen, disc, opt_g, opt_d, s)
     if spec["framework"] == "torch_compile":
       step = torch.compile(step)
 
     def fn():
       with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
-        return step(lr, hr)[0]
+        return step(hr)[0]
   else:
     gen.eval()
     g = torch.compile(gen) if spec["framework"] == "torch_compile" else gen
@@ -133,23 +189,74 @@ def worker_torch(spec: dict) -> dict:
 
   if dev.type == "cuda":
     torch.cuda.reset_peak_memory_stats()
-  first, times = _timeit(fn, sync, spec["iters"], spec["warmup"])
-  peak = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else _peak_host_mb()
+  threads = None
+  if dev.type == "cpu":
+    t0 = time.perf_counter()
+    fn()          # the first call (compile for torch.compile) is timed here, before the thread pick
+    first = time.perf_counter() - t0
+    threads = pick_torch_threads(fn, spec["torch_threads"])
+    _, times = timeit(fn, sync, spec["iters"], max(spec["warmup"] - 1, 0))
+  else:
+    first, times = timeit(fn, sync, spec["iters"], spec["warmup"])
+  if dev.type == "cuda":
+    mem = {"peak_mb": torch.cuda.max_memory_allocated() / 2**20, "growth_mb": None}
+  else:
+    _, peak = rss_mb()
+    mem = {"peak_mb": peak, "growth_mb": peak - base_rss}
   name = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"
-  return {"first_s": first, "times": times, "peak_mb": peak, "device": f"{dev.type}:{name}"}
+  return {"first_s": first, "times": times, **mem, "device": f"{dev.type}:{name}", "threads": threads}
 
 
 # -- driver ------------------------------------------------------------------------------------------
-def run_one(spec: dict, timeout: int) -> dict | None:
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  r = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
-                     text=True, env=env, timeout=timeout)
+def run_one(script: str, spec: dict, timeout: int, env_extra: dict | None = None) -> dict | None:
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env_extra or {}))
+  try:
+    r = subprocess.run([sys.executable, script, "--worker", json.dumps(spec)], capture_output=True,
+                       text=True, env=env, timeout=timeout)
+  except subprocess.TimeoutExpired:
+    print(f"  ! {spec['framework']} timed out after {timeout} s", file=sys.stderr)
+    return None
   for line in reversed(r.stdout.splitlines()):
     if line.startswith("{"):
       return json.loads(line)
-  print(f"  ! {spec['framework']} failed: {r.stderr.strip().splitlines()[-1:] if r.stderr else r.returncode}",
-        file=sys.stderr)
+  tail = r.stderr.strip().splitlines()[-3:] if r.stderr else [f"exit {r.returncode}"]
+  print(f"  ! {spec['framework']} failed: {' | '.join(tail)}", file=sys.stderr)
   return None
+
+
+def summarise(results: dict[str, list[dict]], batch: int) -> dict[str, dict]:
+  med = {}
+  for f, rs in results.items():
+    if not rs:
+      continue
+    steps = [statistics.median(r["times"]) for r in rs]
+    step_s = statistics.median(steps)
+    growth = [r["growth_mb"] for r in rs if r.get("growth_mb") is not None]
+    med[f] = dict(first=statistics.median(r["first_s"] for r in rs), step=step_s,
+                  spread=(min(steps), max(steps)), ips=batch / step_s,
+                  peak=max(r["peak_mb"] for r in rs), growth=max(growth) if growth else None,
+                  device=rs[0]["device"], threads=sorted({r.get("threads") for r in rs} - {None}))
+  return med
+
+
+def print_rows(row: dict, med: dict[str, dict], ref: str = "jax", name_of=None) -> None:
+  for f, m in med.items():
+    ratio = f"{med[ref]['ips'] / m['ips']:.2f}×" if ref in med and f != ref else "–"
+    mem = f"{m['peak']:.0f}" + (f" (+{m['growth']:.0f})" if m["growth"] is not None else "")
+    label = name_of(f) if name_of else f
+    if m["threads"]:
+      label += f" [{','.join(map(str, m['threads']))} thr]"
+    lo, hi = m["spread"]
+    print(f"| {row['task']} | {row['scale']}× | {row['size']} | {row['batch']} | {row['dtype']} | {label} | "
+          f"{m['first']:.1f} | {1e3 * m['step']:.0f} ({1e3 * lo:.0f}–{1e3 * hi:.0f}) | "
+          f"{1e3 * m['step'] / row['batch']:.0f} | {m['ips']:.2f} | {mem} | {ratio} |", flush=True)
+
+
+def load_average() -> str:
+  try:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+  except OSError:
+    return "n/a"
 
 
 def main():
@@ -166,7 +273,11 @@ def main():
   p.add_argument("--iters", type=int, default=5)
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--repeats", type=int, default=3)
-  p.add_argument("--timeout", type=int, default=1200)
+  p.add_argument("--timeout", type=int, default=1800)
+  p.add_argument("--torch_threads", default="auto", help="'auto' or a thread count for PyTorch on CPU")
+  p.add_argument("--xla_flags", default=None, help="XLA_FLAGS for the JAX workers (e.g. CPU flags to try)")
+  p.add_argument("--matmul_precision", default="", help="jax_default_matmul_precision for the JAX workers")
+  p.add_argument("--json", default="", help="also append the raw results to this JSON-lines file")
   args = p.parse_args()
   if args.worker:
     spec = json.loads(args.worker)
@@ -181,30 +292,28 @@ def main():
       for size in sizes:
         batch = args.batch if task == "train" else args.infer_batch
         rows.append(dict(task=task, scale=s, size=size, batch=batch, dtype=args.dtype,
-                         iters=args.iters, warmup=args.warmup))
-  header = (f"| task | scale | HR size | batch | framework | device | first call s | ms/step | ms/slice "
-            f"| images/s | peak MB | ours/this (images/s) |")
+                         iters=args.iters, warmup=args.warmup, torch_threads=args.torch_threads,
+                         matmul_precision=args.matmul_precision))
+  jax_env = {"XLA_FLAGS": args.xla_flags} if args.xla_flags is not None else {}
+  print(f"# {' '.join(sys.argv)}\n# load average at start: {load_average()}; {os.cpu_count()} CPUs")
+  header = ("| task | scale | HR size | batch | dtype | framework | first call s | ms/step (min–max) "
+            "| ms/slice | images/s | peak MB (+growth) | ours/this |")
   print(header)
   print("|---" * (header.count("|") - 1) + "|")
+  frameworks = args.frameworks.split(",")
   for row in rows:
-    results = {f: [] for f in args.frameworks.split(",")}
-    for _ in range(args.repeats):
-      for f in results:
-        r = run_one({**row, "framework": f}, args.timeout)
+    results = {f: [] for f in frameworks}
+    for rep in range(args.repeats):
+      order = frameworks[rep % len(frameworks):] + frameworks[:rep % len(frameworks)]
+      for f in order:
+        r = run_one(__file__, {**row, "framework": f}, args.timeout, jax_env if f == "jax" else None)
         if r:
           results[f].append(r)
-    med = {}
-    for f, rs in results.items():
-      if not rs:
-        continue
-      step_s = statistics.median(statistics.median(r["times"]) for r in rs)
-      med[f] = dict(first=statistics.median(r["first_s"] for r in rs), step=step_s,
-                    ips=row["batch"] / step_s, peak=max(r["peak_mb"] for r in rs), device=rs[0]["device"])
-    for f, m in med.items():
-      ratio = f"{med['jax']['ips'] / m['ips']:.2f}×" if "jax" in med and f != "jax" else "–"
-      print(f"| {row['task']} | {row['scale']}× | {row['size']} | {row['batch']} | {f} | {m['device']} | "
-            f"{m['first']:.2f} | {1e3 * m['step']:.1f} | {1e3 * m['step'] / row['batch']:.1f} | "
-            f"{m['ips']:.2f} | {m['peak']:.0f} | {ratio} |", flush=True)
+    if args.json:
+      with open(args.json, "a") as fh:
+        fh.write(json.dumps({"row": row, "xla_flags": args.xla_flags, "results": results}) + "\n")
+    print_rows(row, summarise(results, row["batch"]))
+  print(f"# load average at end: {load_average()}")
 
 
 if __name__ == "__main__":

@@ -67,16 +67,33 @@ class SRDiscriminator(nn.Module):
     return self.dense2(F.leaky_relu(self.dense1(x), LEAKY))[:, 0]
 
 
-def train_step_fn(gen, disc, opt_g, opt_d, *, adv_weight: float = 1e-3, pixel_weight: float = 1.0):
-  """One G and one D update with L1 + non-saturating adversarial loss (what the JAX step does with
-  the feature terms switched off)."""
+def make_lr(hr, scale: int):
+  """Anti-aliased bicubic downsampling: what mrsr_jax/data/degrade.py does on device (to ~2e-7)."""
+  m = hr.shape[-1]
+  return F.interpolate(hr, size=(m // scale, m // scale), mode="bicubic", antialias=True,
+                       align_corners=False)
 
-  def step(lr, hr):
+
+def train_step_fn(gen, disc, opt_g, opt_d, scale: int, *, adv_weight: float = 1e-3,
+                  pixel_weight: float = 1.0):
+  """One G and one D update with L1 + non-saturating adversarial loss: what the JAX step does with
+  the feature terms switched off, LR made from HR inside the step as there.
+
+  The G loss backpropagates into the generator only (`backward(inputs=...)`): the JAX step
+  differentiates with respect to the generator's params only, so D's weight gradients are not
+  computed there either. (Here D's BatchNorm running averages also move in the G pass, where ours
+  keeps them; that is a few hundred scalar updates, nothing next to the convolutions.)
+  """
+  gen_params = [p for p in gen.parameters()]
+
+  def step(hr):
+    lr = make_lr(hr, scale)
     sr = gen(lr)
     g_loss = pixel_weight * (sr - hr).abs().mean() + adv_weight * F.softplus(-disc(sr)).mean()
     opt_g.zero_grad(set_to_none=True)
-    g_loss.backward()
+    g_loss.backward(inputs=gen_params)
     opt_g.step()
+    # One pass over [HR; SR] so BatchNorm sees real and fake together, as ours.
     logits = disc(torch.cat([hr, sr.detach()]))
     real, fake = logits.chunk(2)
     d_loss = F.softplus(-real).mean() + F.softplus(fake).mean()

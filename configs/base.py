@@ -59,7 +59,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Stage 3: the SR GAN (paper 3.3 end, 4.1, App. E).
   config.sr = ml_collections.ConfigDict()
-  config.sr.model = ml_collections.ConfigDict(dict(num_blocks=16, features=64))
+  # residual: the generator adds its output to the bicubic upsampling of its input (see
+  # paper_deviations.md); residual=False is SRGAN's plain generator.
+  config.sr.model = ml_collections.ConfigDict(dict(num_blocks=16, features=64, residual=True))
   config.sr.disc_features = 64
   config.sr.batch_size = 256
   config.sr.num_steps = 0

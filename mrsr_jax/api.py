@@ -318,11 +318,31 @@ def super_resolve(config: ml_collections.ConfigDict, source: str | TrainState, l
   lr = jnp.asarray(lr, jnp.float32)
   if isinstance(source, TrainState):
     variables = {"params": source.params["gen"], "batch_stats": source.batch_stats["gen"]}
-    gen = generator(config)
-    apply = lambda x: gen.apply(variables, x.astype(jnp.dtype(config.dtype)), train=False)
-  else:
-    apply, _ = evaluate_lib.load_generator(config, str(source), mesh or sharding.make_mesh())
+
+    def build():
+      gen = generator(config.copy_and_resolve_references())
+      return jax.jit(lambda v, x: gen.apply(v, x.astype(gen.dtype), train=False).astype(jnp.float32))
+
+    return np.asarray(_cached(("generate", _config_key(config)), build)(variables, lr), np.float32)
+  apply, _ = evaluate_lib.load_generator(config, str(source), mesh or sharding.make_mesh())
   return np.asarray(jax.jit(apply)(lr), np.float32)
+
+
+# Compiled helpers by (what, config, ...): a notebook calls them again and again with new values of
+# the same shapes, and each fresh closure would otherwise be traced and compiled anew.
+_JIT_CACHE: dict[tuple, Callable] = {}
+
+
+def _config_key(config: ml_collections.ConfigDict) -> str:
+  return config.to_json_best_effort(sort_keys=True)
+
+
+def _cached(key: tuple, build: Callable[[], Callable]) -> Callable:
+  if key not in _JIT_CACHE:
+    if len(_JIT_CACHE) >= 16:
+      _JIT_CACHE.pop(next(iter(_JIT_CACHE)))
+    _JIT_CACHE[key] = build()
+  return _JIT_CACHE[key]
 
 
 def loss_breakdown(config: ml_collections.ConfigDict, batch: Mapping[str, Any], frozen: Mapping[str, Any],
@@ -363,10 +383,28 @@ def loss_breakdown(config: ml_collections.ConfigDict, batch: Mapping[str, Any], 
   # Weight 1 for every term we have inputs for: `sr_generator_loss` then returns all of them unweighted.
   every = {"adv_weight": 1.0, "pixel_weight": 1.0, "lambda_vit": float("vit" in which),
            "lambda_str": float("z_s" in which), "lambda_tex": float("z_t" in which)}
+  hr = jnp.asarray(batch["hr"], jnp.float32)
+  sr = None if sr is None else jnp.asarray(sr, jnp.float32)
+  if sr is not None and sr.shape != hr.shape:
+    raise ValueError(f"loss_breakdown(sr): shape {sr.shape} differs from the HR batch {hr.shape}")
+  for name, spec in extra.items():
+    if not (isinstance(spec, tuple) and len(spec) == 2 and callable(spec[1])):
+      raise ValueError(f"extra_losses['{name}'] must be a (weight, function) pair, got {spec!r}")
+  key = ("breakdown", _config_key(config), frozenset(which),
+         tuple((name, float(w), fn) for name, (w, fn) in extra.items()))
+  compute = _cached(key, lambda: jax.jit(
+      _breakdown_fn(config.copy_and_resolve_references(), which, every, extra)))
+  terms, total = jax.device_get(compute(sr_state, dict(frozen), hr, sr))
+  weights.update({name: float(w) for name, (w, _) in extra.items()})
+  return LossBreakdown(terms={k: float(v) for k, v in terms.items()},
+                       weights={k: weights[k] for k in terms}, total=float(total))
+
+
+def _breakdown_fn(config, which: set[str], every: dict[str, float], extra: dict[str, tuple]):
+  """(state, frozen, hr, sr or None) -> (unweighted terms, total): the body of `loss_breakdown`."""
   stage = SRStage(config, "")
   cfg = config.sr.loss
 
-  @jax.jit
   def compute(state, frozen, hr, sr):
     lr = make_lr(config, hr)
     if sr is None:
@@ -390,17 +428,7 @@ def loss_breakdown(config: ml_collections.ConfigDict, batch: Mapping[str, Any], 
     terms.pop("total")
     return terms, total
 
-  hr = jnp.asarray(batch["hr"], jnp.float32)
-  sr = None if sr is None else jnp.asarray(sr, jnp.float32)
-  if sr is not None and sr.shape != hr.shape:
-    raise ValueError(f"loss_breakdown(sr): shape {sr.shape} differs from the HR batch {hr.shape}")
-  for name, spec in extra.items():
-    if not (isinstance(spec, tuple) and len(spec) == 2 and callable(spec[1])):
-      raise ValueError(f"extra_losses['{name}'] must be a (weight, function) pair, got {spec!r}")
-  terms, total = jax.device_get(compute(sr_state, dict(frozen), hr, sr))
-  weights.update({name: float(w) for name, (w, _) in extra.items()})
-  return LossBreakdown(terms={k: float(v) for k, v in terms.items()},
-                       weights={k: weights[k] for k in terms}, total=float(total))
+  return compute
 
 
 def loss_table(breakdowns: Mapping[str, LossBreakdown]) -> str:

@@ -106,3 +106,39 @@ def test_same_update_on_one_and_eight_devices(trained):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-5 * scale)
   for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s8)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_kill_9_and_restart_equals_uninterrupted(trained, tmp_path):
+  """A run killed with SIGKILL right after its first checkpoint, then restarted with the same command,
+  ends bit for bit where an uninterrupted run ends."""
+  import signal
+  import subprocess
+  import sys
+  import time
+  from conftest import ROOT
+  config, workdir, _ = trained
+  steps = 16
+  ref = tiny_config(config.data_dir, features_workdir=workdir, num_steps=steps)
+  ref.stages = ("sr",)
+  ref_state = pipeline.train(ref, str(tmp_path / "reference"))["sr"]
+
+  run_dir = tmp_path / "killed"
+  cmd = [sys.executable, str(ROOT / "run.py"), f"--config={ROOT}/configs/tiny.py",
+         f"--workdir={run_dir}", f"--config.data_dir={config.data_dir}", "--config.stages=('sr',)",
+         f"--config.sr.features_workdir={workdir}", f"--config.sr.num_steps={steps}"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  first = run_dir / "sr" / "checkpoints" / "2"      # orbax renames a checkpoint here when complete
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None and not first.is_dir():
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  killed_at = checkpoints.latest_step(str(run_dir / "sr" / "checkpoints"))
+  assert killed_at is not None and killed_at < steps, f"not killed mid-run (at {killed_at})"
+  r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  step, params = latest_params(str(run_dir), "sr")
+  assert step == steps
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_state.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

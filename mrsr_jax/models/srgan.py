@@ -24,6 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mrsr_jax.data import degrade
+
 Dtype = Any
 SCALES = (2, 4)
 BN_MOMENTUM = 0.9
@@ -69,6 +71,9 @@ class SRGenerator(nn.Module):
   scale: int
   num_blocks: int = 16
   features: int = 64
+  # Learn the residual over bicubic upsampling of the input (VDSR's global skip): the output starts
+  # at the bicubic baseline instead of at zero. False is SRGAN's plain output.
+  residual: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -80,6 +85,7 @@ class SRGenerator(nn.Module):
       raise ValueError(f"SRGenerator: expected a channels-last single-channel batch [B, N, N, 1], got {tuple(x.shape)}")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     f = self.features
+    lr = x
     x = nn.relu(nn.Conv(f, (9, 9), padding="SAME", name="conv_in", **kw)(x))
     skip = x
     for i in range(self.num_blocks):
@@ -90,7 +96,10 @@ class SRGenerator(nn.Module):
     for i in range(int(math.log2(self.scale))):
       x = nn.Conv(4 * f, (3, 3), padding="SAME", name=f"up_{i}", **kw)(x)
       x = nn.relu(pixel_shuffle(x, 2))
-    return nn.Conv(1, (9, 9), padding="SAME", name="conv_out", **kw)(x).astype(jnp.float32)
+    out = nn.Conv(1, (9, 9), padding="SAME", name="conv_out", **kw)(x).astype(jnp.float32)
+    if self.residual:
+      out = out + degrade.upsample_bicubic(lr, self.scale)
+    return out
 
 
 class SRDiscriminator(nn.Module):
