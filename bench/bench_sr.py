@@ -113,6 +113,11 @@ def worker_jax(spec: dict) -> dict:
   from mrsr_jax import sharding
   from mrsr_jax.train import loop, step as step_lib
   from mrsr_jax.train.stage_sr import SRStage, generator
+  if spec["framework"] == "jax_xlaconv":
+    # Before/after of the CPU kernel-gradient convolution (mrsr_jax/models/cpu_conv.py), same run.
+    import flax.linen as nn
+    from mrsr_jax.models import srgan
+    srgan.Conv = nn.Conv
 
   config = base.get_config()
   config.scale = spec["scale"]
@@ -263,7 +268,8 @@ def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--worker", help=argparse.SUPPRESS)
   p.add_argument("--rows", default="train,infer", help="train, infer or both")
-  p.add_argument("--frameworks", default="jax,torch,torch_compile")
+  p.add_argument("--frameworks", default="jax,torch,torch_compile",
+                 help="any of jax, jax_xlaconv (ours with XLA's own conv gradients), torch, torch_compile")
   p.add_argument("--scales", default="2,4")
   p.add_argument("--batch", type=int, default=4, help="global batch of the train step")
   p.add_argument("--size", type=int, default=240, help="HR slice size of the train step")
@@ -281,7 +287,7 @@ def main():
   args = p.parse_args()
   if args.worker:
     spec = json.loads(args.worker)
-    out = worker_jax(spec) if spec["framework"] == "jax" else worker_torch(spec)
+    out = worker_jax(spec) if spec["framework"].startswith("jax") else worker_torch(spec)
     print(json.dumps(out))
     return
 
@@ -306,7 +312,8 @@ def main():
     for rep in range(args.repeats):
       order = frameworks[rep % len(frameworks):] + frameworks[:rep % len(frameworks)]
       for f in order:
-        r = run_one(__file__, {**row, "framework": f}, args.timeout, jax_env if f == "jax" else None)
+        r = run_one(__file__, {**row, "framework": f}, args.timeout,
+                    jax_env if f.startswith("jax") else None)
         if r:
           results[f].append(r)
     if args.json:

@@ -28,8 +28,9 @@ class ResidualBlock(nn.Module):
 
 
 class SRGenerator(nn.Module):
-  def __init__(self, scale: int, num_blocks: int = 16, features: int = 64):
+  def __init__(self, scale: int, num_blocks: int = 16, features: int = 64, residual: bool = True):
     super().__init__()
+    self.scale, self.residual = scale, residual
     f = features
     self.conv_in = nn.Conv2d(1, f, 9, padding=4)
     self.blocks = nn.Sequential(*[ResidualBlock(f) for _ in range(num_blocks)])
@@ -39,12 +40,18 @@ class SRGenerator(nn.Module):
     self.conv_out = nn.Conv2d(f, 1, 9, padding=4)
 
   def forward(self, x):
+    lr = x
     x = F.relu(self.conv_in(x))
     skip = x
     x = self.bn_mid(self.conv_mid(self.blocks(x))) + skip
     for up in self.up:
       x = F.relu(F.pixel_shuffle(up(x), 2))
-    return self.conv_out(x)
+    out = self.conv_out(x)
+    if self.residual:   # ours with sr.model.residual=True (the default): output over bicubic of the input
+      # antialias=True selects the Keys a = -0.5 kernel, as jax.image.resize (a no-op filter when upsampling).
+      out = out + F.interpolate(lr, scale_factor=self.scale, mode="bicubic", antialias=True,
+                                align_corners=False)
+    return out
 
 
 class SRDiscriminator(nn.Module):
@@ -65,6 +72,26 @@ class SRDiscriminator(nn.Module):
     x = self.body(F.leaky_relu(self.conv0(x), LEAKY))
     x = x.mean(dim=(2, 3))
     return self.dense2(F.leaky_relu(self.dense1(x), LEAKY))[:, 0]
+
+
+class SwapEncoder(nn.Module):
+  """mrsr_jax.models.swap_ae.SwapEncoder: 4 x (3x3 conv + LeakyReLU(0.2) + 2x2 max pool), z_s by a 1x1
+  conv after block 2, z_t = dense(global average pool of block 4)."""
+
+  def __init__(self, features=(64, 64, 32, 32), structure_channels: int = 8, texture_dim: int = 256):
+    super().__init__()
+    cins = (1,) + tuple(features[:-1])
+    self.convs = nn.ModuleList([nn.Conv2d(c, f, 3, padding=1) for c, f in zip(cins, features)])
+    self.structure = nn.Conv2d(features[1], structure_channels, 1)
+    self.texture = nn.Linear(features[-1], texture_dim)
+
+  def forward(self, x):
+    z_s = None
+    for i, conv in enumerate(self.convs):
+      x = F.max_pool2d(F.leaky_relu(conv(x), LEAKY), 2)
+      if i == 1:
+        z_s = self.structure(x)
+    return z_s, self.texture(x.mean(dim=(2, 3)))
 
 
 def make_lr(hr, scale: int):

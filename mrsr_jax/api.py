@@ -11,8 +11,8 @@ Every function is a thin layer over the pieces `run.py` uses (configs/*.py, data
 pipeline, the stages, `losses.sr_generator_loss`, `evaluate`), so a notebook computes exactly what the
 command line does. A loss term of your own plugs into the SR step without editing the package:
 
-  def edge(*, sr, hr, lr, feats_sr, feats_target):       # any subset of these keyword arguments
-    return jnp.mean(jnp.abs(sobel(sr) - sobel(hr)))
+  def edge(*, sr, hr, **unused):     # called with sr, hr, lr, feats_sr, feats_target (keywords)
+    return jnp.mean(jnp.abs(jnp.diff(sr, axis=1) - jnp.diff(hr, axis=1)))
   api.train_sr(config, "runs/edge", features_workdir="runs/full", extra_losses={"edge": (0.5, edge)})
 
 It is traced into the same jit-compiled, data-parallel step as the built-in terms (so it must be a
@@ -114,6 +114,9 @@ def load_config(name: str = "demo", *, data_dir: str | None = None,
       raise ValueError(f"load_config: no config '{name}' in {configs_dir} (have: {', '.join(known)})")
     _import_path(configs_dir.parent)
     module = importlib.import_module(f"configs.{name}")
+    if pathlib.Path(module.__file__).resolve().parent != configs_dir.resolve():
+      raise ValueError(f"load_config: 'configs.{name}' was imported from {module.__file__}, not from "
+                       f"{configs_dir}: another package named 'configs' shadows the repository's")
   if not hasattr(module, "get_config"):
     raise ValueError(f"load_config: {module.__file__} has no get_config()")
   config = module.get_config(arg) if arg else module.get_config()
@@ -167,8 +170,14 @@ def prepare_sample_data(config_or_data_dir: ml_collections.ConfigDict | str = "d
 
   Takes a config (its `data_dir`) or a folder; returns the shard directory `<data_dir>/sample`.
   """
-  data_dir = (config_or_data_dir.data_dir if isinstance(config_or_data_dir, ml_collections.ConfigDict)
-              else config_or_data_dir)
+  if isinstance(config_or_data_dir, ml_collections.ConfigDict):
+    if config_or_data_dir.dataset != "sample":
+      raise ValueError(f"prepare_sample_data: config.dataset is '{config_or_data_dir.dataset}', not "
+                       f"'sample'; build those shards with `python -m data_prep "
+                       f"--dataset={config_or_data_dir.dataset} --manual_dir=... --data_dir=...`")
+    data_dir = config_or_data_dir.data_dir
+  else:
+    data_dir = config_or_data_dir
   data_dir = os.path.expanduser(str(data_dir))
   dataset_dir = os.path.join(data_dir, "sample")
   try:
@@ -394,25 +403,26 @@ def loss_breakdown(config: ml_collections.ConfigDict, batch: Mapping[str, Any], 
          tuple((name, float(w), fn) for name, (w, fn) in extra.items()))
   compute = _cached(key, lambda: jax.jit(
       _breakdown_fn(config.copy_and_resolve_references(), which, every, extra)))
-  terms, total = jax.device_get(compute(sr_state, dict(frozen), hr, sr))
+  # Only the arrays go in: a TrainState also carries its optimiser, which would make every run's
+  # state a new static argument and cost a recompilation.
+  nets = {k: {"params": sr_state.params[k], "batch_stats": sr_state.batch_stats[k]} for k in ("gen", "disc")}
+  terms, total = jax.device_get(compute(nets, dict(frozen), hr, sr))
   weights.update({name: float(w) for name, (w, _) in extra.items()})
   return LossBreakdown(terms={k: float(v) for k, v in terms.items()},
                        weights={k: weights[k] for k in terms}, total=float(total))
 
 
 def _breakdown_fn(config, which: set[str], every: dict[str, float], extra: dict[str, tuple]):
-  """(state, frozen, hr, sr or None) -> (unweighted terms, total): the body of `loss_breakdown`."""
+  """(nets, frozen, hr, sr or None) -> (unweighted terms, total): the body of `loss_breakdown`;
+  `nets` = {"gen": variables, "disc": variables} of the SR stage."""
   stage = SRStage(config, "")
   cfg = config.sr.loss
 
-  def compute(state, frozen, hr, sr):
+  def compute(nets, frozen, hr, sr):
     lr = make_lr(config, hr)
     if sr is None:
-      sr = generator(config).apply(
-          {"params": state.params["gen"], "batch_stats": state.batch_stats["gen"]},
-          lr.astype(stage.dtype), train=False).astype(jnp.float32)
-    logits = stage.disc.apply({"params": state.params["disc"], "batch_stats": state.batch_stats["disc"]},
-                              sr.astype(stage.dtype), train=False).astype(jnp.float32)
+      sr = stage.gen.apply(nets["gen"], lr.astype(stage.dtype), train=False).astype(jnp.float32)
+    logits = stage.disc.apply(nets["disc"], sr.astype(stage.dtype), train=False).astype(jnp.float32)
     target = degrade.upsample_bicubic(lr, config.scale) if cfg.feature_target == "lr" else hr
     feats_sr = features.extract(config, frozen, sr, which)
     feats_target = features.extract(config, frozen, target, which)
@@ -553,17 +563,19 @@ def plot_curves(runs: Mapping[str, str], *, stage: str = "sr", keys: Sequence[st
   cols = min(len(keys), 4)
   rows = -(-len(keys) // cols)
   fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
+  colours = {label: f"C{i}" for i, label in enumerate(curves)}   # one colour per run in every panel
   for ax, key in zip(axes.ravel(), keys):
     for label, c in curves.items():
       if prefix + key in c:
         steps, values = c[prefix + key]
-        ax.plot(steps, values, marker="." if len(steps) < 20 else None, label=label)
+        ax.plot(steps, values, color=colours[label], marker="." if len(steps) < 20 else None)
     ax.set_title(key, fontsize=10)
     ax.set_xlabel("step", fontsize=8)
   for ax in axes.ravel()[len(keys):]:
     ax.axis("off")
-  axes.ravel()[0].legend(fontsize=8)
-  fig.tight_layout()
+  handles = [plt.Line2D([], [], color=colours[label], label=label) for label in curves]
+  fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=9, frameon=False)
+  fig.tight_layout(rect=(0, 0, 1, 0.95))
   if path:
     _save(fig, path)
   return fig

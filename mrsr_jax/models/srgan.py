@@ -17,6 +17,7 @@ BatchNorm uses `use_running_average=not train`, momentum 0.9 (torch's 0.1), eps 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -25,12 +26,17 @@ import jax
 import jax.numpy as jnp
 
 from mrsr_jax.data import degrade
+from mrsr_jax.models import cpu_conv
 
 Dtype = Any
 SCALES = (2, 4)
 BN_MOMENTUM = 0.9
 BN_EPS = 1e-5
 LEAKY_SLOPE = 0.2
+
+# nn.Conv with a faster kernel gradient on CPU (same values and param tree; see cpu_conv.py and
+# docs/benchmarks.md): the SR train step on CPU spent a third of its time in XLA's kernel gradients.
+Conv = functools.partial(nn.Conv, conv_general_dilated=cpu_conv.conv_general_dilated)
 
 
 def pixel_shuffle(x: jax.Array, r: int) -> jax.Array:
@@ -60,9 +66,9 @@ class ResidualBlock(nn.Module):
     bn = dict(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS, **kw)
     # No conv bias before BatchNorm: BN's mean subtraction cancels it (its true gradient is 0, so it
     # would only drift on round-off).
-    y = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False, name="conv1", **kw)(x)
+    y = Conv(self.features, (3, 3), padding="SAME", use_bias=False, name="conv1", **kw)(x)
     y = nn.relu(nn.BatchNorm(name="bn1", **bn)(y))
-    y = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False, name="conv2", **kw)(y)
+    y = Conv(self.features, (3, 3), padding="SAME", use_bias=False, name="conv2", **kw)(y)
     return x + nn.BatchNorm(name="bn2", **bn)(y)
 
 
@@ -86,17 +92,17 @@ class SRGenerator(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     f = self.features
     lr = x
-    x = nn.relu(nn.Conv(f, (9, 9), padding="SAME", name="conv_in", **kw)(x))
+    x = nn.relu(Conv(f, (9, 9), padding="SAME", name="conv_in", **kw)(x))
     skip = x
     for i in range(self.num_blocks):
       x = ResidualBlock(f, name=f"res_{i}", **kw)(x, train=train)
-    x = nn.Conv(f, (3, 3), padding="SAME", use_bias=False, name="conv_mid", **kw)(x)
+    x = Conv(f, (3, 3), padding="SAME", use_bias=False, name="conv_mid", **kw)(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS, name="bn_mid", **kw)(x)
     x = x + skip  # the long skip of Fig. 6
     for i in range(int(math.log2(self.scale))):
-      x = nn.Conv(4 * f, (3, 3), padding="SAME", name=f"up_{i}", **kw)(x)
+      x = Conv(4 * f, (3, 3), padding="SAME", name=f"up_{i}", **kw)(x)
       x = nn.relu(pixel_shuffle(x, 2))
-    out = nn.Conv(1, (9, 9), padding="SAME", name="conv_out", **kw)(x).astype(jnp.float32)
+    out = Conv(1, (9, 9), padding="SAME", name="conv_out", **kw)(x).astype(jnp.float32)
     if self.residual:
       out = out + degrade.upsample_bicubic(lr, self.scale)
     return out
@@ -115,10 +121,10 @@ class SRDiscriminator(nn.Module):
                        f"{tuple(x.shape)}")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     f = self.features
-    x = nn.leaky_relu(nn.Conv(f, (3, 3), padding="SAME", name="conv0", **kw)(x), LEAKY_SLOPE)
+    x = nn.leaky_relu(Conv(f, (3, 3), padding="SAME", name="conv0", **kw)(x), LEAKY_SLOPE)
     # (width multiplier, stride): SRGAN's n64s2, n128s1, n128s2, n256s1, n256s2, n512s1, n512s2.
     for i, (m, s) in enumerate(((1, 2), (2, 1), (2, 2), (4, 1), (4, 2), (8, 1), (8, 2))):
-      x = nn.Conv(m * f, (3, 3), strides=(s, s), padding="SAME", use_bias=False, name=f"conv{i + 1}",
+      x = Conv(m * f, (3, 3), strides=(s, s), padding="SAME", use_bias=False, name=f"conv{i + 1}",
                   **kw)(x)
       x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS, name=f"bn{i + 1}",
                        **kw)(x)

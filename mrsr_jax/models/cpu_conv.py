@@ -1,0 +1,124 @@
+"""`lax.conv_general_dilated` with a faster kernel gradient on CPU: same values, other arithmetic order.
+
+Why (docs/benchmarks.md, "Where the time goes"): XLA:CPU computes a convolution's kernel gradient as
+another convolution whose window is the whole image and whose contraction is over the batch, a shape
+its convolution kernels handle at a few GFLOP/s when the channel counts differ (e.g. SRGAN's 64 -> 256
+upsampling conv, the discriminator's widening convs, the 9x9 64 -> 1 output conv): in the SR train
+step on CPU these few kernel gradients took about a third of the step. Written as one matrix product
+over `batch * height * width` (im2col of whichever side has fewer channels) they run at GEMM speed.
+
+Only the backward pass changes, only on CPU (`lax.platform_dependent`; GPUs keep cuDNN's kernels),
+only for plain 2D NHWC convolutions (no dilation, one group, more than one input channel) whose
+channel counts differ or that are strided; everything else goes to `lax.conv_general_dilated`
+untouched. The price is compile time (the k*k window slices) and the im2col buffer's memory. Pass it to Flax as
+`nn.Conv(..., conv_general_dilated=cpu_conv.conv_general_dilated)`: the parameter tree is unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _plain_2d(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count) -> bool:
+  if lhs.ndim != 4 or rhs.ndim != 4 or feature_group_count != 1:
+    return False
+  if any(d != 1 for d in (lhs_dilation or (1, 1))) or any(d != 1 for d in (rhs_dilation or (1, 1))):
+    return False
+  want = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+  got = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) if dimension_numbers else None
+  return got == want
+
+
+def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1,
+                         batch_group_count: int = 1, precision=None,
+                         preferred_element_type=None) -> jax.Array:
+  """Drop-in for `lax.conv_general_dilated` (the signature Flax's `nn.Conv` calls)."""
+  ci, co = (rhs.shape[-2], rhs.shape[-1]) if rhs.ndim == 4 else (None, None)
+  strides = tuple(int(s) for s in window_strides)
+  if (batch_group_count != 1 or preferred_element_type is not None
+      or not _plain_2d(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count)
+      or (ci == co and strides == (1, 1)) or ci == 1):
+    # Same channel count at stride 1, or one input channel: XLA's own kernel gradient is as fast
+    # there (measured), and the im2col below would only add compile time.
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+                                    rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+                                    feature_group_count=feature_group_count,
+                                    batch_group_count=batch_group_count, precision=precision,
+                                    preferred_element_type=preferred_element_type)
+  if isinstance(padding, str):
+    pads = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+  else:
+    pads = padding
+  pads = tuple((int(lo), int(hi)) for lo, hi in pads)
+  return _conv(lhs, rhs, strides, pads, precision)
+
+
+def _plain_conv(x, w, strides, pads, precision):
+  return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_NHWC, precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv(x, w, strides, pads, precision):
+  return _plain_conv(x, w, strides, pads, precision)
+
+
+def _conv_fwd(x, w, strides, pads, precision):
+  return _plain_conv(x, w, strides, pads, precision), (x, w)
+
+
+def _taps(x: jax.Array, k: tuple[int, int], out_hw: tuple[int, int], strides, offset=(0, 0)):
+  """The k_h * k_w strided windows of the (already padded) `x`, stacked on a new axis 3."""
+  b, c = x.shape[0], x.shape[-1]
+  (sh, sw), (ho, wo) = strides, out_hw
+  cols = [lax.slice(x, (0, offset[0] + i, offset[1] + j, 0),
+                    (b, offset[0] + i + (ho - 1) * sh + 1, offset[1] + j + (wo - 1) * sw + 1, c),
+                    (1, sh, sw, 1))
+          for i in range(k[0]) for j in range(k[1])]
+  return jnp.stack(cols, axis=3)
+
+
+def _kernel_grad_matmul(x, w, dy, strides, pads, precision):
+  """dW[i, j, c, o] = sum_{b, p} x_pad[b, s * p + (i, j), c] * dy[b, p, o], as one matrix product."""
+  kh, kw, ci, co = w.shape
+  b, ho, wo, _ = dy.shape
+  acc = jnp.float32
+  if strides == (1, 1) and co < ci and (ho, wo) == tuple(x.shape[1:3]):
+    # Few output channels (the 9x9 -> 1 channel output conv): im2col of dy, not of x. Shifting dy
+    # by -(i, j) over the grid of x gives the same sums: dW[i, j] = sum_q x[q] * dy_pad[q - (i, j)].
+    h, w_ = x.shape[1:3]
+    dyp = jnp.pad(dy, ((0, 0), (pads[0][1], pads[0][0]), (pads[1][1], pads[1][0]), (0, 0)))
+    cols = _taps(dyp, (kh, kw), (h, w_), (1, 1))[:, :, :, ::-1]      # [b, h, w, kh*kw, co], taps reversed
+    # The reversal pairs tap t = i*kw + j with dy shifted by (kh-1-i, kw-1-j) in the padded frame.
+    g = jnp.einsum("bhwc,bhwto->tco", x, cols, precision=precision, preferred_element_type=acc)
+  else:
+    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    cols = _taps(xp, (kh, kw), (ho, wo), strides)                    # [b, ho, wo, kh*kw, ci]
+    g = jnp.einsum("bhwtc,bhwo->tco", cols, dy, precision=precision, preferred_element_type=acc)
+  return g.reshape(kh, kw, ci, co).astype(w.dtype)
+
+
+def _kernel_grad_xla(x, w, dy, strides, pads, precision):
+  _, vjp = jax.vjp(lambda w_: _plain_conv(x, w_, strides, pads, precision), w)
+  return vjp(dy)[0]
+
+
+def _conv_bwd(strides, pads, precision, res, dy):
+  x, w = res
+  _, vjp_x = jax.vjp(lambda x_: _plain_conv(x_, w, strides, pads, precision), x)
+  dx = vjp_x(dy)[0]
+  dw = lax.platform_dependent(
+      x, w, dy,
+      cpu=lambda *a: _kernel_grad_matmul(*a, strides, pads, precision),
+      default=lambda *a: _kernel_grad_xla(*a, strides, pads, precision))
+  return dx, dw
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
