@@ -14,7 +14,6 @@ Writes to `<workdir>/eval/`: results.md, results.csv, results.json, fig2_*.png, 
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -31,7 +30,7 @@ from mrsr_jax import metrics as metrics_lib
 from mrsr_jax import sharding
 from mrsr_jax.data import degrade, pipeline, records
 from mrsr_jax.train import checkpoints, loop
-from mrsr_jax.train.stage_sr import SRStage, generator, make_lr
+from mrsr_jax.train.stage_sr import SRStage, generator, make_lr, restore_state
 
 METRICS = ("psnr", "ssim", "nmse")
 
@@ -49,12 +48,7 @@ def load_generator(config: ml_collections.ConfigDict, workdir: str, mesh) -> tup
   if trained and trained.get("scale") != config.scale:
     raise ValueError(f"{workdir}: the checkpoint was trained for scale {trained.get('scale')}, "
                      f"not {config.scale}")
-  _, abstract = loop.init_state(stage, mesh)
-  mngr = checkpoints.manager(directory)
-  try:
-    state, meta, step = checkpoints.restore(mngr, abstract)
-  finally:
-    mngr.close()
+  state, step = restore_state(stage, mesh)
   variables = {"params": state.params["gen"], "batch_stats": state.batch_stats["gen"]}
   gen = generator(config)
 

@@ -18,7 +18,6 @@ import tempfile
 
 import h5py
 import jax
-import jax.numpy as jnp
 import ml_collections
 import nibabel as nib
 import numpy as np

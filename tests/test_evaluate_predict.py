@@ -6,12 +6,11 @@ import subprocess
 import sys
 
 import h5py
-import jax
 import nibabel as nib
 import numpy as np
 import pytest
 
-from mrsr_jax import evaluate, metrics, predict, sharding
+from mrsr_jax import evaluate, predict
 from mrsr_jax.data import degrade, pipeline, records
 from mrsr_jax.train import loop
 
@@ -78,7 +77,6 @@ def test_predict_real_nifti(trained, tmp_path):
   out = str(tmp_path / "sr.nii.gz")
   predict.predict_file(config, workdir, src, out)
   a, b = nib.load(src), nib.load(out)
-  axis = 2 if a.header.get_zooms()[2] > a.header.get_zooms()[0] else None
   s = config.scale
   in_plane = [i for i in range(3) if b.shape[i] != a.shape[i]]
   assert len(in_plane) == 2

@@ -4,7 +4,6 @@ gives the same update on 1 and on 8 (emulated) devices."""
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import tiny_config

@@ -17,7 +17,7 @@ untouched. The price is compile time (the k*k window slices) and the im2col buff
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp

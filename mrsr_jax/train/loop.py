@@ -12,7 +12,6 @@ import abc
 import json
 import math
 import os
-import time
 from typing import Any, Iterator
 
 import jax

@@ -142,6 +142,17 @@ class SRStage(loop.Stage):
     return {"lr": lr_big, "bicubic": bic, "sr": sr, "hr": hr, "abs_error_x4": 4 * jnp.abs(sr - hr)}
 
 
+def restore_state(stage: loop.Stage, mesh) -> tuple[TrainState, int]:
+  """The latest checkpointed state of `stage` (replicated on `mesh`) and its step."""
+  _, abstract = loop.init_state(stage, mesh)
+  mngr = checkpoints.manager(os.path.join(stage.dir, "checkpoints"))
+  try:
+    state, _, step = checkpoints.restore(mngr, abstract)
+  finally:
+    mngr.close()
+  return state, step
+
+
 def restore_params(stage: loop.Stage, mesh) -> dict:
   """Only the `params` of a finished earlier stage (replicated on `mesh`)."""
   directory = os.path.join(stage.dir, "checkpoints")
@@ -150,11 +161,6 @@ def restore_params(stage: loop.Stage, mesh) -> dict:
         f"the SR stage needs the '{stage.name}' stage's checkpoint, but {directory} has none: "
         f"train it first (stages=('{stage.name}', ...)) or set sr.features_workdir to a workdir "
         f"that has it")
-  _, abstract = loop.init_state(stage, mesh)
-  mngr = checkpoints.manager(directory)
-  try:
-    state, _, step = checkpoints.restore(mngr, abstract)
-  finally:
-    mngr.close()
+  state, step = restore_state(stage, mesh)
   logging.info("SR stage: frozen '%s' params from %s (step %d)", stage.name, directory, step)
   return state.params
