@@ -231,6 +231,71 @@ def test_ixi_real_download_files(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
+# the bundled sample
+
+
+def test_sample_holds_out_whole_real_subjects(sample_data_dir):
+  """The demo's sample: 4 IXI subjects + the package volumes train, one whole IXI subject each val/test."""
+  d = os.path.join(sample_data_dir, "sample")
+  info = records.read_info(d)
+  package_subjects = ["dipy_S0_10slices", "dipy_t1_coronal_slice", "mni152_2009a", "nibabel_anatomical"]
+  assert info["splits"]["val"]["subjects"] == ["IXI015"]
+  assert info["splits"]["test"]["subjects"] == ["IXI014"]
+  assert info["splits"]["train"]["subjects"] == ["IXI012", "IXI013", "IXI033", "IXI034", *package_subjects]
+  by_split = {s: _records(d, s) for s in records.SPLITS}
+  for split in ("val", "test"):
+    recs = by_split[split]
+    # The centre 64 of the 90 sagittal slices, every one with signal, all in scanner units x scale.
+    assert sorted(r["slice_index"] for r in recs) == list(range(13, 77))
+    assert {r["contrast"] for r in recs} == {"T1"} and {r["image"].shape for r in recs} == {(128, 128)}
+    np.testing.assert_allclose(recs[0]["spacing"], [2, 2, 2])
+  per_subject = collections.Counter(r["subject"] for r in by_split["train"])
+  assert all(per_subject[s] == 64 for s in ("IXI012", "IXI013", "IXI033", "IXI034"))
+  assert per_subject["mni152_2009a"] == 48 and per_subject["dipy_S0_10slices"] == 10
+  # The uint8 files' scale factor is applied: the stored scale is the 99.5th percentile in scanner
+  # units (~1,800; without the factor it would be at most 255).
+  from data_prep import sample
+  scaled = nib.load(os.path.join(sample.BUNDLED_IXI_DIR, "IXI015-HH-1258-T1.nii.gz")).get_fdata()
+  assert by_split["val"][0]["intensity_scale"] == pytest.approx(np.percentile(scaled, 99.5), rel=1e-5)
+  assert by_split["val"][0]["intensity_scale"] > 1000
+
+
+def test_sample_split_is_deterministic_and_takes_more_ixi_files(tmp_path, mni2mm):
+  from data_prep import sample
+
+  def splits(manual_dir=None):
+    sources, _, notes, _ = sample.build(manual_dir)
+    return {os.path.basename(s.key): s.split for s in sources}, notes
+
+  a, _ = splits()
+  assert a == splits()[0]
+  assert collections.Counter(v for k, v in a.items() if k.startswith("IXI")) == {"train": 4, "val": 1, "test": 1}
+  assert {v for k, v in a.items() if not k.startswith("IXI")} == {"train"}
+  # More IXI files join the subject split; a copy of a bundled subject is ignored, with a note.
+  manual = tmp_path / "more"
+  manual.mkdir()
+  _save(str(manual / "IXI900-HH-0001-T1.nii.gz"), _subject_volume(mni2mm, 0))
+  shutil.copy(os.path.join(sample.BUNDLED_IXI_DIR, "IXI012-HH-1211-T1.nii.gz"), manual)
+  b, notes = splits(str(manual))
+  ixi_b = {k: v for k, v in b.items() if k.startswith("IXI")}
+  assert len(ixi_b) == 7 and collections.Counter(ixi_b.values()) == {"train": 5, "val": 1, "test": 1}
+  assert any("duplicate IXI012 T1: using the bundled file" in n for n in notes)
+  assert [s.key for s in sample.build(str(manual))[0] if "IXI012" in s.key] == [
+      os.path.join(sample.BUNDLED_IXI_DIR, "IXI012-HH-1211-T1.nii.gz")]
+
+
+@pytest.mark.skipif(not os.path.isdir(SHARED_IXI), reason="shared/data/ixi_t1_2mm not present (optional real IXI files)")
+def test_bundled_ixi_files_are_the_shared_ones_unchanged():
+  from data_prep import sample
+  bundled = sorted(f for f in os.listdir(sample.BUNDLED_IXI_DIR) if f.endswith(".nii.gz"))
+  assert bundled == sorted(os.listdir(SHARED_IXI))
+  for f in bundled:
+    with open(os.path.join(sample.BUNDLED_IXI_DIR, f), "rb") as a, open(os.path.join(SHARED_IXI, f), "rb") as b:
+      assert a.read() == b.read(), f
+  assert "CC BY-SA 3.0" in open(os.path.join(sample.BUNDLED_IXI_DIR, "README.md")).read()
+
+
+# ----------------------------------------------------------------------------------------------
 # bad input
 
 
