@@ -13,7 +13,9 @@ Split: fastMRI ships `..._train` and `..._val` folders; when DIR has subfolders 
 in their names, train files are our train split (a few carved off deterministically as our small
 `val` monitoring split, as for IXI) and fastMRI's val files are our `test` split (the paper reports on
 them). Otherwise files are split deterministically by file like IXI subjects. A file is a volume and
-its stem the subject id (fastMRI does not publish patient ids).
+its stem the subject id (fastMRI does not publish patient ids). Each file's structure (readable,
+acquisition, image dataset, dtype, shape) is checked before the split is dealt, so a bad file is
+reported and never takes a place in a split.
 """
 
 from __future__ import annotations
@@ -64,50 +66,75 @@ def _spacing(f) -> tuple[float, float, float]:
     return (1.0, 1.0, 1.0)
 
 
-def read_image(path: str) -> tuple[np.ndarray, str, tuple[float, float, float], str]:
-  """(magnitude volume [slices, 320, 320] float32, contrast, spacing, which data was used)."""
+def _open(path: str):
   import h5py
 
   if not os.path.isfile(path):
     raise volumes.BadInputError(path, "no such file")
+  if os.path.getsize(path) == 0:
+    raise volumes.BadInputError(path, "empty file (0 bytes)")
   try:
-    f = h5py.File(path, "r")
-  except Exception as e:
+    return h5py.File(path, "r")
+  except Exception as e:  # HDF5 also detects a truncated file here (its end-of-file address)
     raise volumes.BadInputError(path, f"not a readable HDF5 file, truncated or not .h5 ({type(e).__name__}: {e})") from e
-  with f:
-    acq = f.attrs.get("acquisition")
-    if acq is None:
-      raise volumes.BadInputError(path, "no 'acquisition' attribute (expected CORPD_FBK or CORPDFS_FBK)")
-    acq = acq.decode() if isinstance(acq, bytes) else str(acq)
-    if acq not in ACQUISITIONS:
+
+
+def _image_dataset(f, path: str):
+  """(contrast, key, h5py dataset) of the image an open file stands for; BadInputError if unusable."""
+  acq = f.attrs.get("acquisition")
+  if acq is None:
+    raise volumes.BadInputError(path, "no 'acquisition' attribute (expected CORPD_FBK or CORPDFS_FBK)")
+  acq = acq.decode() if isinstance(acq, bytes) else str(acq)
+  if acq not in ACQUISITIONS:
+    raise volumes.BadInputError(
+        path, f"unknown acquisition {acq!r}: only CORPD_FBK (PD) and CORPDFS_FBK (FS-PD) are used; skipped")
+  try:
+    key = next((k for k in RECON_KEYS if k in f), None)
+    if key is not None:
+      data = f[key]
+      if data.ndim != 3 or np.iscomplexobj(np.empty(0, data.dtype)) or data.dtype.kind not in "fiu":
+        raise volumes.BadInputError(path, f"'{key}' must be real [slices, H, W], got {data.dtype} {data.shape}")
+    elif "kspace" in f:
+      key = "kspace"
+      data = f["kspace"]
+      if data.ndim not in (3, 4) or not np.iscomplexobj(np.empty(0, data.dtype)):
+        raise volumes.BadInputError(
+            path, f"'kspace' must be complex [slices, (coils,) H, W], got {data.dtype} {data.shape}")
+    else:
       raise volumes.BadInputError(
-          path, f"unknown acquisition {acq!r}: only CORPD_FBK (PD) and CORPDFS_FBK (FS-PD) are used; skipped")
+          path, f"no {', '.join(repr(k) for k in RECON_KEYS)} or 'kspace' dataset (has {sorted(f.keys())})")
+  except volumes.BadInputError:
+    raise
+  except Exception as e:  # a corrupt object header
+    raise volumes.BadInputError(path, f"cannot read the file's structure, corrupt ({type(e).__name__}: {e})") from e
+  if data.shape[0] == 0 or 0 in data.shape:
+    raise volumes.BadInputError(path, f"'{key}' is empty (shape {data.shape})")
+  return ACQUISITIONS[acq], key, data
+
+
+def check_file(path: str) -> None:
+  """Raises BadInputError unless `path` opens and has a usable image (its structure, not every voxel:
+  multi-coil k-space is too big to read twice; data problems are caught when it is converted)."""
+  with _open(path) as f:
+    _image_dataset(f, path)
+
+
+def read_image(path: str) -> tuple[np.ndarray, str, tuple[float, float, float], str]:
+  """(magnitude volume [slices, 320, 320] float32, contrast, spacing, which data was used)."""
+  with _open(path) as f:
+    contrast, key, data = _image_dataset(f, path)
     try:
-      key = next((k for k in RECON_KEYS if k in f), None)
-      if key is not None:
-        data = f[key]
-        if data.ndim != 3 or np.iscomplexobj(np.empty(0, data.dtype)):
-          raise volumes.BadInputError(path, f"'{key}' must be real [slices, H, W], got {data.dtype} {data.shape}")
+      if key != "kspace":
         vol = volumes.centre_crop_or_pad(np.asarray(data[()], dtype=np.float32), TARGET_HW)
-      elif "kspace" in f:
-        key = "kspace"
-        data = f["kspace"]
-        if data.ndim not in (3, 4) or not np.iscomplexobj(np.empty(0, data.dtype)):
-          raise volumes.BadInputError(
-              path, f"'kspace' must be complex [slices, (coils,) H, W], got {data.dtype} {data.shape}")
+      else:
         coil_axis = 0 if data.ndim == 4 else None
         vol = np.stack([volumes.centre_crop_or_pad(kspace_to_image(data[i], coil_axis), TARGET_HW)
-                        for i in range(data.shape[0])]) if data.shape[0] else np.zeros((0, *TARGET_HW), np.float32)
-      else:
-        raise volumes.BadInputError(
-            path, f"no 'reconstruction_esc', 'reconstruction_rss' or 'kspace' dataset (has {sorted(f.keys())})")
-    except volumes.BadInputError:
-      raise
+                        for i in range(data.shape[0])])
     except Exception as e:  # h5py raises OSError for truncated chunks
       raise volumes.BadInputError(path, f"cannot read image data, truncated or corrupt ({type(e).__name__}: {e})") from e
     spacing = _spacing(f)
   volumes.check_volume(vol, path)
-  return vol, ACQUISITIONS[acq], spacing, key
+  return vol, contrast, spacing, key
 
 
 def load_file(path: str) -> volumes.Volume:
@@ -128,17 +155,34 @@ def _h5_files(root: str) -> list[str]:
   return out
 
 
-def split_files(manual_dir: str, seed: int = ixi.SPLIT_SEED) -> tuple[dict[str, str], list[str]]:
-  """File path -> split, and notes. See the module docstring."""
+def check_files(paths: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+  """(good paths, [(path, problem)]) by `check_file`."""
+  good, bad = [], []
+  for p in paths:
+    try:
+      check_file(p)
+    except volumes.BadInputError as e:
+      bad.append((e.path, e.problem))
+    else:
+      good.append(p)
+  return good, bad
+
+
+def split_files(manual_dir: str, seed: int = ixi.SPLIT_SEED) -> tuple[dict[str, str], list[tuple[str, str]], list[str]]:
+  """File path -> split, bad files [(path, problem)], and notes. See the module docstring.
+
+  Files are checked (`check_file`) before the split is dealt, so bad ones never take a place in it.
+  """
   if not os.path.isdir(manual_dir):
     raise FileNotFoundError(f"--manual_dir={manual_dir}: no such directory")
   subdirs = sorted(d for d in os.listdir(manual_dir) if os.path.isdir(os.path.join(manual_dir, d)))
   train_dirs = [d for d in subdirs if "train" in d.lower()]
   val_dirs = [d for d in subdirs if "val" in d.lower() and "train" not in d.lower()]
-  notes = []
+  notes, bad = [], []
   if train_dirs and val_dirs:
-    train = [p for d in train_dirs for p in _h5_files(os.path.join(manual_dir, d))]
-    test = [p for d in val_dirs for p in _h5_files(os.path.join(manual_dir, d))]
+    train, bad_train = check_files([p for d in train_dirs for p in _h5_files(os.path.join(manual_dir, d))])
+    test, bad_test = check_files([p for d in val_dirs for p in _h5_files(os.path.join(manual_dir, d))])
+    bad = bad_train + bad_test
     n_val = ixi.split_quota(len(train))["val"]
     carve = set(np.random.default_rng(seed).permutation(len(train))[:n_val].tolist())
     split = {p: ("val" if i in carve else "train") for i, p in enumerate(train)}
@@ -148,19 +192,19 @@ def split_files(manual_dir: str, seed: int = ixi.SPLIT_SEED) -> tuple[dict[str, 
     if others:
       notes.append(f"ignored folders {others} (only *train* and *val* are used)")
   else:
-    files = _h5_files(manual_dir)
+    files, bad = check_files(_h5_files(manual_dir))
     stems = {os.path.splitext(os.path.basename(p))[0]: p for p in files}
     if len(stems) != len(files):
       raise ValueError(f"--manual_dir={manual_dir}: two .h5 files share a name; use *train*/*val* folders")
     split_of = ixi.assign_splits({s: ["all"] for s in stems}, seed)
     split = {p: split_of[s, "all"] for s, p in stems.items() if split_of[s, "all"] is not None}
-  return split, notes
+  return split, bad, notes
 
 
-def build(manual_dir: str, *, seed: int = ixi.SPLIT_SEED) -> tuple[list[VolumeSource], list[tuple[str, str]], list[str], dict]:
-  split, notes = split_files(manual_dir, seed)
+def build(manual_dir: str, *, seed: int = ixi.SPLIT_SEED, progress: bool = False) -> tuple[list[VolumeSource], list[tuple[str, str]], list[str], dict]:
+  split, bad, notes = split_files(manual_dir, seed)
   nbytes = 4 * TARGET_HW[0] * TARGET_HW[1] * 36
   sources = [VolumeSource(key=p, split=s, load=lambda p=p: load_file(p), stamp=file_stamp(p), nbytes=nbytes)
              for p, s in sorted(split.items())]
   config = {"dataset": NAME, "target_hw": list(TARGET_HW), "seed": seed, "acquisitions": ACQUISITIONS}
-  return sources, [], notes, config
+  return sources, bad, notes, config

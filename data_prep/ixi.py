@@ -6,6 +6,10 @@ and/or the original archives (`IXI-T1.tar`, `IXI-T2.tar`, `IXI-PD.tar`), whose m
 at a time into memory (nothing is extracted to disk). Other IXI files (MRA, DTI) are ignored with a
 note.
 
+Every file is read and validated (header, dimensions, all voxels finite, not empty) before the split
+is dealt, so a corrupt file is reported and the split is made among the good ones; a corrupt file
+never silently leaves a held-out split short.
+
 Split (the paper's protocol): by subject id, 500 / 70 / 6 train / test / val volumes per contrast
 when that many subjects exist, proportional otherwise (at least one test and one val subject when a
 contrast has >= 3). Subjects are sorted, permuted with a fixed seed, and dealt to val, then test, then
@@ -240,6 +244,26 @@ def assign_splits(
   return out
 
 
+def check_files(files: Sequence[IxiFile], *, progress: bool = False) -> tuple[list[IxiFile], list[tuple[str, str]]]:
+  """(good files, [(key, problem)]): each file read and validated as `volumes.load_nifti` does.
+
+  Reads every voxel (truncated gzip data, NaN and empty volumes only show there), so it costs about
+  one decompression per file; the data is dropped at once (one volume in memory at a time).
+  """
+  from tqdm.auto import tqdm
+
+  good, bad = [], []
+  for f in tqdm(files, desc="checking files", unit="file", disable=not progress or not files,
+                dynamic_ncols=True):
+    try:
+      volumes.load_nifti(read_member(f.path, f.member) if f.member else f.path, f.key)
+    except volumes.BadInputError as e:
+      bad.append((e.path, e.problem))
+    else:
+      good.append(f)
+  return good, bad
+
+
 def load_file(f: IxiFile, *, dataset: str = NAME, target_hw: Sequence[int] = TARGET_HW,
               max_slices: int | None = MAX_SLICES, resample_mm: float | None = None) -> volumes.Volume:
   source = read_member(f.path, f.member) if f.member else f.path
@@ -277,9 +301,11 @@ def make_sources(
   return sources, notes
 
 
-def build(manual_dir: str, *, seed: int = SPLIT_SEED) -> tuple[list[VolumeSource], list[tuple[str, str]], list[str], dict]:
-  """(sources, bad, notes, config) for the writer."""
+def build(manual_dir: str, *, seed: int = SPLIT_SEED, progress: bool = False) -> tuple[list[VolumeSource], list[tuple[str, str]], list[str], dict]:
+  """(sources, bad, notes, config) for the writer; bad files are found before the split is dealt."""
   files, bad, notes = discover(manual_dir)
+  files, more_bad = check_files(files, progress=progress)
+  bad += more_bad
   sources, more = make_sources(files, seed=seed, target_hw=TARGET_HW, max_slices=MAX_SLICES)
   config = {"dataset": NAME, "target_hw": list(TARGET_HW), "max_slices": MAX_SLICES, "seed": seed,
             "split_sizes": SPLIT_SIZES}

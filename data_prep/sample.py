@@ -110,10 +110,12 @@ def ixi_files(manual_dir: str | None) -> tuple[list[ixi.IxiFile], list[tuple[str
   return files, bad, notes
 
 
-def build(manual_dir: str | None = None, *, seed: int = ixi.SPLIT_SEED) -> tuple[list[VolumeSource], list[tuple[str, str]], list[str], dict]:
+def build(manual_dir: str | None = None, *, seed: int = ixi.SPLIT_SEED, progress: bool = False) -> tuple[list[VolumeSource], list[tuple[str, str]], list[str], dict]:
   sources: list[VolumeSource] = []
   nbytes = 4 * TARGET_HW[0] * TARGET_HW[1] * 16
   files, bad, notes = ixi_files(manual_dir)
+  files, more_bad = ixi.check_files(files, progress=progress)  # before the split: see ixi's docstring
+  bad += more_bad
   ixi_sources, more = ixi.make_sources(files, seed=seed, dataset=NAME, target_hw=TARGET_HW,
                                        max_slices=IXI_SLICES, resample_mm=RESAMPLE_MM)
   sources += ixi_sources

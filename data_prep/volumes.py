@@ -55,7 +55,8 @@ class BadInputError(ValueError):
 
   def __init__(self, path: str, problem: str):
     self.path = str(path)
-    self.problem = problem
+    # One line per bad file: library messages (nibabel's, h5py's) sometimes span several.
+    self.problem = " ".join(str(problem).split())
     super().__init__(f"{path}: {problem}")
 
 

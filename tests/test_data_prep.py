@@ -325,6 +325,9 @@ def test_bad_nifti_inputs_each_reported(tmp_path, mni2mm, small_ixi, capsys):
       "IXI-PD.tar": "truncated",
   }
   argv = ["--dataset=ixi", f"--manual_dir={manual}", f"--data_dir={tmp_path / 'out'}"]
+  # Two good subjects cannot fill val and test: refused without the flag (see test_faults_data.py).
+  assert _run(argv) == 1 and not (tmp_path / "out" / "ixi").exists()
+  argv.append("--allow_empty_splits")
   assert _run(argv) == 0
   info = records.read_info(str(tmp_path / "out" / "ixi"))
   problems = {os.path.basename(b["path"]).split("-")[0].split("::")[-1]: b for b in info["bad_files"]}
@@ -334,6 +337,7 @@ def test_bad_nifti_inputs_each_reported(tmp_path, mni2mm, small_ixi, capsys):
   assert len(info["bad_files"]) == len(expected), problems
   out = capsys.readouterr()
   assert "IXI203-HH-0004-T1.nii.gz: wrong number of dimensions" in out.out
+  assert "WARNING: split(s) 'val', 'test' of" in out.err and "are EMPTY" in out.err
   assert sum(s["num_volumes"] for s in info["splits"].values()) == 2  # IXI200 and IXI206
   # --strict fails but still never leaves partial shards; all-bad input fails too.
   assert _run([*argv, "--strict"]) == 1
@@ -502,6 +506,7 @@ def test_fastmri_split_by_file_without_folders(tmp_path, mni2mm):
   imgs = _real_slices(mni2mm, 2, (320, 320))
   for i in range(5):
     _h5(tmp_path / f"file{i}.h5", reconstruction_esc=imgs[:, ::-1] if i % 2 else imgs)
-  split, _ = fastmri.split_files(str(tmp_path))
+  split, bad, _ = fastmri.split_files(str(tmp_path))
   assert sorted(collections.Counter(split.values()).items()) == [("test", 1), ("train", 3), ("val", 1)]
+  assert bad == []
   assert split == fastmri.split_files(str(tmp_path))[0]
