@@ -167,7 +167,7 @@ def _exchange(a: str, b: str) -> bool:
   """Atomically swaps two directories (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
   try:
     renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-  except (AttributeError, OSError):
+  except (AttributeError, OSError, TypeError):  # not glibc >= 2.28 (macOS, musl, Windows)
     return False
   at_fdcwd, rename_exchange = -100, 2
   if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
