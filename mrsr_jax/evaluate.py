@@ -9,6 +9,16 @@ and NMSE over the whole volume, SSIM the mean over its slices, then averaged ove
 means are reported too. A first pass over the split finds each volume's maximum (the data range must be
 known before SSIM is computed) and the slices shown in the figures.
 
+Besides that paper-protocol table (LR made by the config's own degradation, the matched case), every
+row is scored on LR made by each of `config.eval.lr_models` (degrade.METHODS: bicubic, Gaussian
+anti-aliasing + cubic spline, k-space truncation), with bicubic upsampling of the same LR as the
+baseline: a model that only inverts its own training blur shows up there. The matched column is the
+main table itself (same numbers, computed once).
+
+Multi-process (jax.distributed): each process reads its share of the slices; the per-slice numbers and
+volume ids are gathered to every process and volume maxima merged, so the report is the one a single
+process writes, and only process 0 writes files.
+
 Writes to `<workdir>/eval/`: results.md, results.csv, results.json, fig2_*.png, loss_curves_*.png.
 """
 
@@ -25,6 +35,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from mrsr_jax import metrics as metrics_lib
 from mrsr_jax import sharding
@@ -76,7 +87,26 @@ def code_version() -> str:
 
 
 # -- the evaluation ---------------------------------------------------------------------------------
-def _test_batches(config, split, mesh):
+def lr_models(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The LR models the report scores on: `config.eval.lr_models`, with the config's own degradation
+  (the matched case of the paper-protocol table) added first when it is not listed."""
+  models = config.eval.get("lr_models", None) or (config.degradation,)
+  models = (models,) if isinstance(models, str) else tuple(models)
+  unknown = [m for m in models if m not in degrade.METHODS]
+  if unknown:
+    raise ValueError(f"config.eval.lr_models: unknown LR model(s) {unknown}; expected some of "
+                     f"{degrade.METHODS}")
+  if len(set(models)) != len(models):
+    raise ValueError(f"config.eval.lr_models: {models} lists an LR model twice")
+  if config.degradation not in degrade.METHODS:
+    raise ValueError(f"config.degradation: unknown degradation {config.degradation!r}; expected one "
+                     f"of {degrade.METHODS}")
+  if config.degradation not in models:
+    models = (config.degradation,) + models
+  return models
+
+
+def _test_batches(config, split):
   ds = pipeline.create_dataset(loop.dataset_dir(config), split,
                                global_batch_size=config.eval.batch_size, crop_size=config.eval.size,
                                seed=config.seed, train=False,
@@ -89,11 +119,100 @@ def _volume_ids(batch, labels) -> list[str]:
   return [f"{labels[int(l)]}/{s}" for l, s in zip(batch["label"], subj)]
 
 
+def _allgather_json(obj: Any) -> list[Any]:
+  """`obj` (JSON-able) of every process, in process order; a collective: every process must call it.
+
+  Host-side metadata (volume ids are strings) cannot travel as jax.Arrays, so it goes as UTF-8 bytes,
+  padded to the longest process's length. JSON keeps Python floats exact (repr round-trips)."""
+  if jax.process_count() == 1:
+    return [obj]
+  data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+  lengths = multihost_utils.process_allgather(np.asarray(len(data), np.int64))
+  buf = np.zeros(int(lengths.max()), np.uint8)
+  buf[:len(data)] = data
+  bufs = multihost_utils.process_allgather(buf)
+  return [json.loads(bytes(b[:int(n)]).decode()) for b, n in zip(bufs, lengths)]
+
+
+def _scan_split(config, split, labels) -> tuple[dict[str, float], dict[str, list[int]], dict[str, str]]:
+  """Pass 1 over the whole split, across processes: each volume's maximum (the data range: SSIM needs
+  it before any slice is scored), its slice indices and its contrast label.
+
+  Each process reads only its share of the slices, so the per-process findings are merged: a volume
+  whose slices are spread over processes gets the maximum of their maxima."""
+  vol_max: dict[str, float] = {}
+  vol_slices: dict[str, list[int]] = {}
+  vol_label: dict[str, str] = {}
+  for batch in _test_batches(config, split):
+    for vid, img, idx, lab, m in zip(_volume_ids(batch, labels), batch["hr"], batch["slice_index"],
+                                     batch["label"], batch["mask"]):
+      if m:
+        vol_max[vid] = max(vol_max.get(vid, 0.0), float(img.max()))
+        vol_slices.setdefault(vid, []).append(int(idx))
+        vol_label[vid] = labels[int(lab)]
+  merged_max: dict[str, float] = {}
+  merged_slices: dict[str, list[int]] = {}
+  for p_max, p_slices, p_label in _allgather_json([vol_max, vol_slices, vol_label]):
+    for vid, v in p_max.items():
+      merged_max[vid] = max(merged_max.get(vid, 0.0), float(v))
+      merged_slices.setdefault(vid, []).extend(p_slices[vid])
+    vol_label.update(p_label)
+  return merged_max, {v: sorted(s) for v, s in merged_slices.items()}, vol_label
+
+
+def make_eval_step(config, rows: dict[str, Any], methods: tuple[str, ...]):
+  """The jitted step (hr [B, H, W, 1], data_range [B]) -> per-slice numbers of every row on the LR of
+  every LR model: {"tsq": [B], row: {"sse"|"psnr"|"ssim"|"nmse": [K, B], "pred": [B, H, W, 1]}}, K =
+  len(methods); `pred` is the output on the matched LR (the config's degradation), for the figures.
+
+  The matched LR is `make_lr(config, ·)`, exactly the training degradation (Hamming window included),
+  so its numbers are the paper-protocol table's. The K LR batches go through one `lax.map`: one
+  compiled copy of each generator whatever K, and the memory of one LR model's batch at a time."""
+  matched = methods.index(config.degradation)
+
+  def lr_of(method, hr):
+    if method == config.degradation:
+      return make_lr(config, hr)
+    return degrade.downsample(hr, config.scale, method=method)
+
+  @jax.jit
+  def eval_step(hr, data_range):
+    lrs = jnp.stack([lr_of(m, hr) for m in methods])
+
+    def score(lr):
+      out = {}
+      for name, fn in rows.items():
+        pred = fn(lr)
+        out[name] = {
+            "pred": pred,
+            "sse": jnp.sum(jnp.square(pred - hr), axis=(1, 2, 3)),
+            "psnr": metrics_lib.psnr(pred, hr, data_range),
+            "ssim": metrics_lib.ssim(pred, hr, data_range),
+            "nmse": metrics_lib.nmse(pred, hr),
+        }
+      return out
+
+    per_lr = jax.lax.map(score, lrs)
+    out = {"tsq": jnp.sum(jnp.square(hr), axis=(1, 2, 3))}
+    for name, res in per_lr.items():
+      out[name] = {k: v for k, v in res.items() if k != "pred"}
+      out[name]["pred"] = res["pred"][matched]
+    return out
+
+  return eval_step
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> dict[str, Any]:
+  """Scores every row on the test split and (process 0) writes the report; returns it on every process.
+
+  Multi-process: every process reads its share of the slices and feeds its local devices; per-slice
+  numbers are gathered to every process with the volume id of each row (gathered the same way, so
+  they stay paired), volume maxima are merged over processes, and the report equals one process's."""
   mesh = mesh or sharding.make_mesh()
   sharding.check_batch_size(config.eval.batch_size, mesh)
   if config.eval.size % config.scale:
     raise ValueError(f"config.eval.size {config.eval.size} is not divisible by scale {config.scale}")
+  methods = lr_models(config)
   info = records.read_info(loop.dataset_dir(config))
   labels = info["labels"]
   split = config.eval.split
@@ -105,67 +224,70 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> dict
     cfg = workdir_config(other, config)
     rows[name], row_info[name] = load_generator(cfg, other, mesh)
 
-  # Pass 1: volume maxima (the data range) and the figure slices (middle slice of the first volumes).
-  vol_max: dict[str, float] = {}
-  vol_slices: dict[str, list[int]] = {}
-  for batch in _test_batches(config, split, mesh):
-    for vid, img, idx, m in zip(_volume_ids(batch, labels), batch["hr"], batch["slice_index"],
-                                batch["mask"]):
-      if m:
-        vol_max[vid] = max(vol_max.get(vid, 0.0), float(img.max()))
-        vol_slices.setdefault(vid, []).append(int(idx))
+  vol_max, vol_slices, vol_label = _scan_split(config, split, labels)
   if not vol_max:
     raise ValueError(f"{loop.dataset_dir(config)}: the '{split}' split has no slices")
-  figure_keys = {(vid, sorted(s)[len(s) // 2]) for vid, s in
+  # Integer ids travel with the slices through the gather; every process builds the same list.
+  vid_list = sorted(vol_max)
+  vid_index = {v: i for i, v in enumerate(vid_list)}
+  figure_keys = {(vid, s[len(s) // 2]) for vid, s in
                  sorted(vol_slices.items())[:config.eval.num_figure_slices]}
 
-  @jax.jit
-  def eval_step(hr, data_range):
-    lr = make_lr(config, hr)
-    out = {}
-    for name, fn in rows.items():
-      pred = fn(lr)
-      err = jnp.sum(jnp.square(pred - hr), axis=(1, 2, 3))
-      out[name] = {
-          "pred": pred,
-          "sse": err,
-          "tsq": jnp.sum(jnp.square(hr), axis=(1, 2, 3)),
-          "psnr": metrics_lib.psnr(pred, hr, data_range),
-          "ssim": metrics_lib.ssim(pred, hr, data_range),
-          "nmse": metrics_lib.nmse(pred, hr),
-      }
-    return out
-
-  accs = {name: {} for name in rows}     # row -> contrast label -> MetricsAccumulator
+  eval_step = make_eval_step(config, rows, methods)
+  # LR model -> row -> contrast label -> MetricsAccumulator
+  accs = {m: {name: {} for name in rows} for m in methods}
   figures: dict[tuple[str, int], dict[str, np.ndarray]] = {}
   n_total = sum(len(v) for v in vol_slices.values())
   seen, t0 = 0, time.time()
-  for batch in _test_batches(config, split, mesh):
+  for batch in _test_batches(config, split):
+    mask = np.asarray(batch["mask"], bool)
     vids = _volume_ids(batch, labels)
     dr = np.asarray([vol_max.get(v, 1.0) for v in vids], np.float32)
-    out = jax.device_get(eval_step(*sharding.to_global((batch["hr"], dr), mesh)))
-    mask = np.asarray(batch["mask"], bool)
-    for name, res in out.items():
-      for label in set(labels[int(l)] for l in batch["label"][mask]):
-        sel = mask & (np.asarray([labels[int(l)] for l in batch["label"]]) == label)
-        acc = accs[name].setdefault(label, metrics_lib.MetricsAccumulator())
-        acc.update(vids, {k: res[k] for k in ("sse", "tsq", *METRICS)}, mask=sel)
-    for i, (vid, idx) in enumerate(zip(vids, batch["slice_index"])):
-      if mask[i] and (vid, int(idx)) in figure_keys:
-        figures[(vid, int(idx))] = {"hr": batch["hr"][i, ..., 0],
-                                    **{n: out[n]["pred"][i, ..., 0] for n in rows}}
-    seen += int(mask.sum())
+    ids = np.asarray([vid_index[v] if m else -1 for v, m in zip(vids, mask)], np.int32)
+    hr, dr, ids_g, idx_g = sharding.to_global(
+        (batch["hr"], dr, ids, np.asarray(batch["slice_index"], np.int32)), mesh)
+    out = eval_step(hr, dr)
+    # Rows of the gathered arrays are the global batch's, in the same order for every array.
+    preds = {name: out[name].pop("pred") for name in rows}
+    g_ids, g_idx, out = multihost_utils.process_allgather((ids_g, idx_g, out), tiled=True)
+    g_mask = g_ids >= 0
+    g_vids = [vid_list[i] if i >= 0 else "" for i in g_ids]
+    g_labels = np.asarray([vol_label.get(v, "") for v in g_vids])
+    for label in sorted(set(g_labels[g_mask])):
+      sel = g_mask & (g_labels == label)
+      for k, method in enumerate(methods):
+        for name in rows:
+          acc = accs[method][name].setdefault(label, metrics_lib.MetricsAccumulator())
+          acc.update(g_vids, {"tsq": out["tsq"], **{key: out[name][key][k] for key in
+                                                    ("sse", *METRICS)}}, mask=sel)
+    wanted = [i for i, (v, s) in enumerate(zip(g_vids, g_idx)) if g_mask[i] and (v, int(s)) in figure_keys]
+    if wanted:   # the same decision on every process (gathered ids): the gather is a collective
+      g_hr, g_preds = multihost_utils.process_allgather((hr, preds), tiled=True)
+      for i in wanted:
+        figures[(g_vids[i], int(g_idx[i]))] = {"hr": g_hr[i, ..., 0],
+                                              **{n: g_preds[n][i, ..., 0] for n in rows}}
+    seen += int(g_mask.sum())
     rate = seen / max(time.time() - t0, 1e-9)
     logging.info("eval: %d/%d slices, %.1f slices/s, ETA %.0f s", seen, n_total, rate,
                  (n_total - seen) / max(rate, 1e-9))
 
-  table = {name: {label: summarise(acc, vol_max, config.eval.size) for label, acc in per.items()}
-           for name, per in accs.items()}
+  robustness = {
+      method: {name: {label: summarise(acc, vol_max, config.eval.size) for label, acc in sorted(per.items())}
+               for name, per in per_method.items()}
+      for method, per_method in accs.items()}
+  for per_method in robustness.values():
+    for name, per in per_method.items():
+      if name != "bicubic":
+        for label, cell in per.items():
+          base = per_method["bicubic"][label]
+          cell["psnr_gain"] = cell["psnr"] - base["psnr"]
+          cell["ssim_gain"] = cell["ssim"] - base["ssim"]
+  table = robustness[config.degradation]
   report = {
       "dataset": config.dataset, "split": split, "scale": config.scale,
       "degradation": config.degradation, "eval_size": config.eval.size,
-      "rows": row_info, "results": table, "code_version": code_version(),
-      "config": json.loads(config.to_json_best_effort()),
+      "rows": row_info, "results": table, "lr_models": list(methods), "robustness": robustness,
+      "code_version": code_version(), "config": json.loads(config.to_json_best_effort()),
   }
   if jax.process_index() == 0:
     out_dir = os.path.join(workdir, "eval")
@@ -201,7 +323,8 @@ def summarise(acc: metrics_lib.MetricsAccumulator, vol_max: dict[str, float], si
 
 
 def write_tables(report: dict[str, Any], out_dir: str) -> None:
-  """results.md (laid out like Tables 1–2), results.csv and results.json, each written atomically."""
+  """results.md (laid out like Tables 1–2, then the robustness table), results.csv and results.json,
+  each written atomically."""
   table = report["results"]
   contrasts = sorted({c for per in table.values() for c in per})
   s = report["scale"]
@@ -217,18 +340,56 @@ def write_tables(report: dict[str, Any], out_dir: str) -> None:
     md.append(f"| {name} | " + " | ".join(cells) + " |")
   md += ["", "Rows: " + "; ".join(f"{n}: {i.get('workdir', 'bicubic upsampling of the LR input')}"
                                   + (f" (step {i['step']})" if 'step' in i else "")
-                                  for n, i in report["rows"].items()),
-         f"Code version: {report['code_version']}", ""]
+                                  for n, i in report["rows"].items()), ""]
+  md += _robustness_md(report)
+  md += [f"Code version: {report['code_version']}", ""]
   _atomic_write(os.path.join(out_dir, "results.md"), "\n".join(md))
 
-  fields = ["row", "contrast", "scale", "psnr", "ssim", "nmse", "psnr_slice", "ssim_slice",
-            "nmse_slice", "num_volumes", "num_slices"]
+  # One line per (LR model, row, contrast); the paper-protocol table is lr_model == degradation.
+  fields = ["row", "contrast", "scale", "lr_model", "psnr", "ssim", "nmse", "psnr_gain", "ssim_gain",
+            "psnr_slice", "ssim_slice", "nmse_slice", "num_volumes", "num_slices"]
   lines = [",".join(fields)]
-  for name, per in table.items():
-    for c, v in per.items():
-      lines.append(",".join(str(x) for x in [name, c, s] + [v[f] for f in fields[3:]]))
+  robustness = report.get("robustness") or {report["degradation"]: table}
+  for method in [report["degradation"]] + [m for m in robustness if m != report["degradation"]]:
+    for name, per in robustness[method].items():
+      for c, v in per.items():
+        lines.append(",".join(str(x) for x in [name, c, s, method] + [v.get(f, "") for f in fields[4:]]))
   _atomic_write(os.path.join(out_dir, "results.csv"), "\n".join(lines) + "\n")
   _atomic_write(os.path.join(out_dir, "results.json"), json.dumps(report, indent=2, default=str))
+
+
+def _robustness_md(report: dict[str, Any]) -> list[str]:
+  """One column group per LR model: each row's PSNR / SSIM, and its gain over bicubic on that LR."""
+  robustness = report.get("robustness") or {}
+  methods = list(robustness)
+  if not methods:
+    return []
+  s = report["scale"]
+  matched = report["degradation"]
+  hamming = report.get("config", {}).get("hamming", False)
+  names = {m: m + (" + Hamming" if m == matched == "kspace" and hamming else "")
+           + (" (matched)" if m == matched else "") for m in methods}
+  rows = list(robustness[matched])
+  contrasts = sorted({c for per in robustness[matched].values() for c in per})
+  md = ["## Robustness to the LR model", "",
+        f"The same HR test slices made {s}× smaller by each LR model, then super-resolved by every row "
+        "(bicubic: bicubic upsampling of that same LR). Cells: PSNR / SSIM (per volume, data range = "
+        "HR volume maximum, averaged over volumes), and the gain over bicubic on the same LR "
+        "(ΔPSNR dB / ΔSSIM). The matched column is the table above.", "",
+        "| contrast | row | " + " | ".join(f"{names[m]} PSNR / SSIM | gain" for m in methods) + " |",
+        "|---|---|" + "---|---|" * len(methods)]
+  for c in contrasts:
+    for name in rows:
+      cells = []
+      for m in methods:
+        v = robustness[m].get(name, {}).get(c)
+        if v is None:
+          cells += ["–", "–"]
+          continue
+        cells.append(f"{v['psnr']:.2f} / {v['ssim']:.4f}")
+        cells.append(f"{v['psnr_gain']:+.2f} / {v['ssim_gain']:+.4f}" if "psnr_gain" in v else "")
+      md.append(f"| {c} | {name} | " + " | ".join(cells) + " |")
+  return md + [""]
 
 
 def _atomic_write(path: str, text: str) -> None:

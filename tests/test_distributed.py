@@ -1,7 +1,9 @@
 """Two JAX processes (4 emulated CPU devices each, gloo collectives) train the SR stage and end with
 the params of one process with 8 devices: jax.distributed's own multi-controller runtime, for real."""
 
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,6 +24,34 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+def run_two_processes(args, tmp_path, name):
+  """run.py with `args` as processes 0 and 1 of a two-process jax.distributed job (4 CPU devices
+  each, gloo collectives); returns their logs, failing the test if either fails or hangs."""
+  port = free_port()
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+             XLA_FLAGS="--xla_force_host_platform_device_count=4", CUDA_VISIBLE_DEVICES="")
+  procs = []
+  for pid in range(2):
+    cmd = [sys.executable, os.path.join(ROOT, "run.py"), *args,
+           f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={pid}"]
+    log = open(tmp_path / f"{name}{pid}.log", "w")
+    procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), log))
+  try:
+    for p, _ in procs:
+      p.wait(timeout=TIMEOUT_S)
+  except subprocess.TimeoutExpired:
+    for p, _ in procs:
+      p.kill()
+    pytest.fail(f"multi-process run hung (> {TIMEOUT_S} s); logs in {tmp_path}")
+  finally:
+    for _, log in procs:
+      log.close()
+  logs = [(tmp_path / f"{name}{pid}.log").read_text() for pid in range(2)]
+  for pid, (p, _) in enumerate(procs):
+    assert p.returncode == 0, logs[pid][-4000:]
+  return logs
+
+
 def final_params(workdir):
   state, step = checkpoints.load_state(os.path.join(workdir, "sr", "checkpoints"))
   return step, state["params"]
@@ -36,31 +66,11 @@ def test_two_processes_match_one_process_with_eight_devices(trained, tmp_path):
   ref_dir = str(tmp_path / "one_process")
   pipeline.train(ref, ref_dir)
 
-  port = free_port()
   multi_dir = str(tmp_path / "two_processes")
-  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
-             XLA_FLAGS="--xla_force_host_platform_device_count=4", CUDA_VISIBLE_DEVICES="")
-  procs = []
-  for pid in range(2):
-    cmd = [sys.executable, os.path.join(ROOT, "run.py"), f"--config={ROOT}/configs/tiny.py",
-           f"--workdir={multi_dir}", f"--config.data_dir={config.data_dir}",
-           "--config.stages=('sr',)", f"--config.sr.features_workdir={workdir}",
-           "--config.input_readers=2", f"--coordinator_address=127.0.0.1:{port}",
-           "--num_processes=2", f"--process_id={pid}"]
-    log = open(tmp_path / f"proc{pid}.log", "w")
-    procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), log))
-  try:
-    for p, _ in procs:
-      p.wait(timeout=TIMEOUT_S)
-  except subprocess.TimeoutExpired:
-    for p, _ in procs:
-      p.kill()
-    pytest.fail(f"multi-process run hung (> {TIMEOUT_S} s); logs in {tmp_path}")
-  finally:
-    for _, log in procs:
-      log.close()
-  for pid, (p, _) in enumerate(procs):
-    assert p.returncode == 0, (tmp_path / f"proc{pid}.log").read_text()[-4000:]
+  run_two_processes([f"--config={ROOT}/configs/tiny.py", f"--workdir={multi_dir}",
+                     f"--config.data_dir={config.data_dir}", "--config.stages=('sr',)",
+                     f"--config.sr.features_workdir={workdir}", "--config.input_readers=2"],
+                    tmp_path, "proc")
   log0 = (tmp_path / "proc0.log").read_text()
   assert "process 0/2, 4 local / 8 global devices" in log0
 
@@ -79,3 +89,37 @@ def test_two_processes_match_one_process_with_eight_devices(trained, tmp_path):
   assert np.mean(diffs > 2e-5) < 0.01, np.mean(diffs > 2e-5)
   for a, b in zip(leaves_ref, leaves_multi):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-4)
+
+
+def _numbers(table):
+  """{(lr model, row, contrast, metric): value} of a report's robustness table."""
+  return {(m, r, c, k): v for m, rows in table.items() for r, per in rows.items()
+          for c, cell in per.items() for k, v in cell.items()}
+
+
+def test_two_process_eval_matches_one_process(trained, tmp_path):
+  """--mode=eval over two processes: each reads half of the test slices (one volume's slices are
+  spread over both, so its data range needs both processes' maxima), and the report is the one this
+  process writes with 8 devices; only process 0 writes it."""
+  from mrsr_jax import evaluate
+  config, workdir, _ = trained
+  run = tmp_path / "run"
+  shutil.copytree(workdir, run, ignore=shutil.ignore_patterns("eval"))
+  ref = evaluate.evaluate(config, str(run))
+  ref_figures = sorted(f for f in os.listdir(run / "eval") if f.startswith("fig2_"))
+  shutil.rmtree(run / "eval")
+
+  logs = run_two_processes([f"--config={ROOT}/configs/tiny.py", f"--workdir={run}",
+                            f"--config.data_dir={config.data_dir}", "--mode=eval"], tmp_path, "eval")
+  assert "process 1/2, 4 local / 8 global devices" in logs[1]
+  assert "evaluation report written" in logs[0] and "evaluation report written" not in logs[1]
+  got = json.loads((run / "eval" / "results.json").read_text())
+  assert got["lr_models"] == ref["lr_models"] and len(ref["lr_models"]) >= 2
+  want, have = _numbers(ref["robustness"]), _numbers(got["robustness"])
+  assert have.keys() == want.keys()
+  for key, v in want.items():
+    # Slice counts exactly; metrics to float32 round-off of the generator (another device layout).
+    assert have[key] == pytest.approx(v, rel=1e-6, abs=1e-6), key
+  assert got["results"] == got["robustness"][config.degradation]
+  assert sorted(f for f in os.listdir(run / "eval") if f.startswith("fig2_")) == ref_figures
+  assert not [f for f in os.listdir(run / "eval") if f.endswith(".tmp")]

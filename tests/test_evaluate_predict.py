@@ -42,7 +42,8 @@ def test_eval_writes_every_file(report, trained):
 
 
 def test_bicubic_row_equals_independent_computation(report, trained):
-  """Recompute the bicubic row with numpy/skimage volume by volume, outside the jitted eval."""
+  """Recompute the bicubic row on the LR of every LR model with numpy/skimage, volume by volume,
+  outside the jitted eval; the model's gain must be its PSNR / SSIM minus these."""
   from skimage.metrics import structural_similarity
   config, _, _ = trained
   ds_dir = loop.dataset_dir(config)
@@ -54,21 +55,67 @@ def test_bicubic_row_equals_independent_computation(report, trained):
     for img, lab, subj, m in zip(b["hr"], b["label"], b["subject"], b["mask"]):
       if m:
         vols.setdefault((labels[int(lab)], subj.decode()), []).append(img[..., 0])
-  per_label = {}
-  for (label, _), slices in vols.items():
-    hr = np.stack(slices)
-    bic = np.asarray(degrade.upsample_bicubic(
-        degrade.downsample(hr[..., None], config.scale), config.scale))[..., 0]
-    dr = hr.max()
-    mse = np.mean((bic.astype(np.float64) - hr) ** 2)
-    ssim = np.mean([structural_similarity(h, p, data_range=dr, win_size=7) for h, p in zip(hr, bic)])
-    per_label.setdefault(label, []).append(
-        (10 * np.log10(dr ** 2 / mse), ssim, np.sum((bic - hr) ** 2) / np.sum(hr ** 2)))
-  for label, vals in per_label.items():
-    got = report["results"]["bicubic"][label]
-    want = np.mean(np.asarray(vals), axis=0)
-    np.testing.assert_allclose([got["psnr"], got["ssim"], got["nmse"]], want, rtol=1e-4)
-    assert got["num_volumes"] == len(vals)
+  assert report["lr_models"] == list(evaluate.lr_models(config))
+  for method in report["lr_models"]:
+    per_label = {}
+    for (label, _), slices in vols.items():
+      hr = np.stack(slices)
+      bic = np.asarray(degrade.upsample_bicubic(
+          degrade.downsample(hr[..., None], config.scale, method=method), config.scale))[..., 0]
+      dr = hr.max()
+      mse = np.mean((bic.astype(np.float64) - hr) ** 2)
+      ssim = np.mean([structural_similarity(h, p, data_range=dr, win_size=7) for h, p in zip(hr, bic)])
+      per_label.setdefault(label, []).append(
+          (10 * np.log10(dr ** 2 / mse), ssim, np.sum((bic - hr) ** 2) / np.sum(hr ** 2)))
+    for label, vals in per_label.items():
+      got = report["robustness"][method]["bicubic"][label]
+      want = np.mean(np.asarray(vals), axis=0)
+      np.testing.assert_allclose([got["psnr"], got["ssim"], got["nmse"]], want, rtol=1e-4, err_msg=method)
+      assert got["num_volumes"] == len(vals)
+      ours = report["robustness"][method]["ours"][label]
+      assert ours["psnr_gain"] == pytest.approx(ours["psnr"] - got["psnr"])
+      assert ours["ssim_gain"] == pytest.approx(ours["ssim"] - got["ssim"])
+      assert "psnr_gain" not in got
+
+
+def test_robustness_table_one_column_per_lr_model(report, trained):
+  """The matched LR model's robustness numbers are the main table's; every LR model gets its
+  column group in results.md and its lines in results.csv; the LR models really differ."""
+  config, workdir, _ = trained
+  methods = evaluate.lr_models(config)
+  assert config.degradation in methods and len(methods) >= 2
+  assert set(report["robustness"]) == set(methods)
+  assert report["robustness"][config.degradation] == report["results"]
+  out = os.path.join(workdir, "eval")
+  saved = json.load(open(os.path.join(out, "results.json")))
+  assert saved["robustness"][config.degradation] == saved["results"]
+  bic = {m: report["robustness"][m]["bicubic"] for m in methods}
+  label = next(iter(report["results"]["bicubic"]))
+  assert len({round(bic[m][label]["psnr"], 6) for m in methods}) == len(methods)
+  md = open(os.path.join(out, "results.md")).read()
+  header = next(l for l in md.splitlines() if l.startswith("| contrast | row |"))
+  for m in methods:
+    assert f"| {m}{' (matched)' if m == config.degradation else ''} PSNR / SSIM | gain" in header, m
+  assert header.count("PSNR / SSIM") == len(methods)
+  import csv
+  lines = list(csv.DictReader(open(os.path.join(out, "results.csv"))))
+  assert {(l["lr_model"], l["row"]) for l in lines} == {(m, r) for m in methods for r in ("bicubic", "ours")}
+  for l in lines:
+    v = report["robustness"][l["lr_model"]][l["row"]][l["contrast"]]
+    assert float(l["psnr"]) == pytest.approx(v["psnr"], rel=1e-12)
+    assert (l["psnr_gain"] == "") == (l["row"] == "bicubic")
+  # The paper-protocol table keeps its layout: one line per row, one cell per contrast.
+  assert "| bicubic | " in md and "| ours | " in md
+
+
+def test_eval_rejects_unknown_lr_model_before_compute(trained, tmp_path):
+  config, workdir, _ = trained
+  cfg = config.copy_and_resolve_references()
+  cfg.eval.lr_models = ("bicubic", "nearest")
+  # An empty workdir: the check must come before looking for a checkpoint.
+  with pytest.raises(ValueError, match=r"config.eval.lr_models: unknown LR model\(s\) \['nearest'\]"):
+    evaluate.evaluate(cfg, str(tmp_path))
+  assert not os.path.exists(tmp_path / "eval")
 
 
 def test_predict_real_nifti(trained, tmp_path):
