@@ -31,7 +31,7 @@ from data_prep.writer import VolumeSource, file_stamp
 NAME = "fastmri"
 ACQUISITIONS = {"CORPD_FBK": "PD", "CORPDFS_FBK": "FSPD"}
 TARGET_HW = (320, 320)
-RECON_KEYS = ("reconstruction_esc", "reconstruction_rss")
+from mrsr_jax.data.fastmri import RECON_KEYS  # noqa: E402  (one order for data_prep and predict)
 
 
 def kspace_to_image(kspace: np.ndarray, coil_axis: int | None) -> np.ndarray:

@@ -4,15 +4,31 @@
       --input=subject.nii.gz --output=subject_x2.nii.gz [--reference=hr.nii.gz]
 
 The volume is cut into 2D slices along its slice axis (from the header: the axis with the coarsest
-spacing, else the header's slice dimension; `slice_axis` overrides), normalised exactly as the training
-data (99.5th percentile → 1), super-resolved in fixed-size batches by one jitted generator call (so
-memory stays bounded and nothing recompiles), and mapped back to the input's intensity scale.
-The output keeps the orientation; its affine spans the same world extent with in-plane voxels s times
-smaller, and the header's zooms say so. Nothing is written unless everything succeeded.
+spacing, else the header's slice dimension; `slice_axis` overrides) and normalised exactly as the
+training data: scanner units (scale factor applied) divided by the volume's 99.5th percentile and
+clipped to [0, 1]. The generator super-resolves the clipped slices in fixed-size batches (one jitted
+call shape, so memory stays bounded and nothing recompiles); what the clip removed (the brightest
+0.5% above the percentile, negative values) is added back through bicubic upsampling, so the output
+keeps the input's whole intensity range instead of saturating at the percentile. The result goes back
+to the input's units and is written as float32: super-resolved values are not integers, and an
+integer type with the input's scale factor could not hold the bicubic overshoot above its maximum.
+
+The output keeps the orientation: each coded transform (sform and qform) spans the same world extent
+with in-plane voxels s times smaller, and the header's zooms say so. fastMRI `.h5` input uses the
+reconstruction data_prep uses (`mrsr_jax.data.fastmri.RECON_KEYS`) and the voxel size of the
+ISMRMRD header.
+
+A user's files are safe: `--output` is checked before any compute (a NIfTI name in a writable folder,
+never the input or the reference, not an existing file unless `overwrite=True`); the file is written
+to a temporary name in the same folder, given the user's umask, and renamed into place only when
+complete, so a failure leaves nothing behind. With several processes (jax.distributed) every process
+reads the input and runs its share of each batch; process 0 gathers the result and writes the file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import tempfile
 
@@ -22,64 +38,226 @@ import ml_collections
 import nibabel as nib
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from data_prep import volumes
 from mrsr_jax import metrics as metrics_lib
 from mrsr_jax import sharding
+from mrsr_jax.data import degrade
+from mrsr_jax.data import fastmri as fastmri_format
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+H5_SUFFIXES = (".h5", ".hdf5")
+PARTIAL_PREFIX = ".partial-"
 
 
-def load_input(path: str, *, frame: int | None = None) -> tuple[np.ndarray, np.ndarray, object]:
-  """(float32 volume [X, Y, Z], affine, NIfTI header or None) from a NIfTI or a fastMRI .h5 file."""
+# -- reading ------------------------------------------------------------------------------------------
+def load_input(path: str, *, frame: int | None = None) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
+  """(float32 volume [X, Y, Z] in scanner units, affine, NIfTI header) from a NIfTI or fastMRI .h5.
+
+  For a fastMRI file the header is made from its ISMRMRD geometry (voxel size, slice axis 2; the
+  orientation is unknown, so both transform codes are 0). `frame` picks one frame of a 4D NIfTI and is
+  ignored for 3D volumes. Every problem is a ValueError (or FileNotFoundError) naming the file.
+  """
+  if os.path.isdir(path):
+    raise ValueError(f"{path}: a directory, not a volume file")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path}: no such input file")
-  if path.endswith((".h5", ".hdf5")):
+  if path.endswith(H5_SUFFIXES):
     return _load_fastmri(path)
-  if not path.endswith((".nii", ".nii.gz")):
+  if not path.endswith(NIFTI_SUFFIXES):
     raise ValueError(f"{path}: not a volume this tool reads (expected .nii, .nii.gz or fastMRI .h5)")
+  return _load_nifti(path, frame)
+
+
+def _load_nifti(path: str, frame: int | None):
+  if os.path.getsize(path) == 0:
+    raise volumes.BadInputError(path, "empty file (0 bytes)")
   try:
     img = nib.load(path)
-  except Exception as e:
-    raise ValueError(f"{path}: not a readable NIfTI file ({type(e).__name__}: {e})") from e
+  except Exception as e:  # nibabel raises many types for broken headers
+    raise volumes.BadInputError(path, f"not a readable NIfTI file ({_why(e)})") from e
+  if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+    raise volumes.BadInputError(path, f"not a NIfTI file (nibabel read it as {type(img).__name__})")
+  dtype = img.get_data_dtype()
+  if dtype.kind not in "biuf" or dtype.fields is not None:
+    raise volumes.BadInputError(path, f"unsupported voxel type {dtype} (a real-valued scalar image is needed)")
   shape = img.shape
-  if len(shape) == 4 and shape[3] > 1:
-    if frame is None:
-      raise ValueError(f"{path}: a 4D volume {shape}; choose a frame with --frame=N (0..{shape[3] - 1})")
-    if not 0 <= frame < shape[3]:
-      raise ValueError(f"{path}: --frame={frame} outside 0..{shape[3] - 1}")
-    try:
-      data = np.asarray(img.dataobj[..., frame], np.float32)
-    except Exception as e:
-      raise ValueError(f"{path}: truncated or corrupt image data ({type(e).__name__}: {e})") from e
-    volumes.check_volume(data, path)
-    return data, np.asarray(img.affine, np.float64), img.header
-  data, affine, header = volumes.load_nifti(path)
-  return data, affine, header
+  if len(shape) == 4:
+    if shape[3] == 1:
+      frame = 0
+    elif frame is None:
+      raise volumes.BadInputError(path, f"a 4D volume {shape}; choose a frame with --frame=N (0..{shape[3] - 1})")
+    elif not 0 <= frame < shape[3]:
+      raise volumes.BadInputError(path, f"--frame={frame} outside 0..{shape[3] - 1}")
+    dataobj = img.dataobj[..., frame]
+  elif len(shape) == 3:
+    dataobj = img.dataobj
+  else:
+    raise volumes.BadInputError(
+        path, f"wrong number of dimensions: expected a 3D volume (or 4D with --frame), got shape {shape}")
+  try:
+    # The proxy applies scl_slope / scl_inter: integer scanner files come back in scanner units.
+    data = np.asarray(dataobj, dtype=np.float32)
+  except Exception as e:  # EOFError, zlib.error, ValueError("buffer too small") ...
+    raise volumes.BadInputError(path, f"truncated or corrupt image data ({_why(e)})") from e
+  volumes.check_volume(data, path)
+  return data, np.asarray(img.affine, np.float64), img.header
 
 
 def _load_fastmri(path: str):
-  """A fastMRI .h5 as [H, W, slices] (slice axis last) with a 1 mm in-plane affine (the .h5 has no
-  geometry that nibabel understands); the stored magnitude reconstruction, else RSS of k-space."""
+  """[x, y, slices] of the stored reconstruction (RECON_KEYS order, as data_prep), else the RSS of the
+  centred inverse FFT of `kspace` centre-cropped to the reconstruction matrix (fastMRI's convention)."""
   try:
     f = h5py.File(path, "r")
-  except OSError as e:
-    raise ValueError(f"{path}: not a readable HDF5 file ({e})") from e
+  except Exception as e:
+    raise volumes.BadInputError(
+        path, f"not a readable HDF5 file, truncated or not .h5 ({_why(e)})") from e
+  spaces, key = {}, None
   with f:
-    for key in ("reconstruction_rss", "reconstruction_esc"):
-      if key in f:
-        vol = np.asarray(f[key], np.float32)
-        break
-    else:
-      if "kspace" not in f:
-        raise ValueError(f"{path}: fastMRI file without 'reconstruction_rss', 'reconstruction_esc' "
-                         f"or 'kspace' (keys: {sorted(f.keys())})")
-      k = np.asarray(f["kspace"])
-      img = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
-      vol = np.sqrt(np.sum(np.abs(img) ** 2, axis=1)) if k.ndim == 4 else np.abs(img)
-      vol = volumes.centre_crop_or_pad(vol.astype(np.float32), (320, 320))
-  if vol.ndim != 3:
-    raise ValueError(f"{path}: expected a [slices, H, W] reconstruction, got shape {vol.shape}")
+    try:
+      if "ismrmrd_header" in f:
+        try:
+          raw = f["ismrmrd_header"][()]
+          spaces = fastmri_format.header_spaces(raw.encode() if isinstance(raw, str) else bytes(raw))
+        except Exception as e:  # the header only carries the voxel size; the image is still good
+          logging.warning("%s: unreadable ismrmrd_header (%s); voxel size unknown", path, _why(e))
+      key = next((k for k in fastmri_format.RECON_KEYS if k in f), None)
+      if key is not None:
+        ds = f[key]
+        if not isinstance(ds, h5py.Dataset) or ds.ndim != 3 or ds.dtype.kind not in "biuf":
+          raise volumes.BadInputError(
+              path, f"'{key}' must be a real [slices, H, W] dataset, got {_describe(ds)}")
+        vol = np.asarray(ds[()], np.float32)
+        space = spaces.get("reconSpace")
+        hw = vol.shape[1:]
+      elif "kspace" in f:
+        key = "kspace"
+        ds = f[key]
+        if not isinstance(ds, h5py.Dataset) or ds.ndim not in (3, 4) or ds.dtype.kind != "c":
+          raise volumes.BadInputError(
+              path, f"'kspace' must be a complex [slices, (coils,) H, W] dataset, got {_describe(ds)}")
+        hw = ds.shape[-2:]
+        space = spaces.get("encodedSpace")
+        crop = fastmri_format.DEFAULT_RECON_HW
+        if "reconSpace" in spaces:
+          rec = spaces["reconSpace"]["matrix"]
+          x_rows = space is None or fastmri_format.rows_are_x(space, hw)
+          crop = (int(rec[0]), int(rec[1])) if x_rows else (int(rec[1]), int(rec[0]))
+        # One slice at a time bounds memory to a slice's coils.
+        vol = np.stack([volumes.centre_crop_or_pad(_kspace_to_image(ds[i]), crop) for i in range(ds.shape[0])]
+                       ) if ds.shape[0] else np.zeros((0, *crop), np.float32)
+      else:
+        raise volumes.BadInputError(
+            path, f"no {', '.join(repr(k) for k in fastmri_format.RECON_KEYS)} or 'kspace' dataset "
+                  f"(has {sorted(f.keys())})")
+    except volumes.BadInputError:
+      raise
+    except Exception as e:  # h5py raises OSError for truncated chunks
+      raise volumes.BadInputError(
+          path, f"cannot read {repr(key) if key else 'its datasets'}, truncated or corrupt ({_why(e)})") from e
   volumes.check_volume(vol, path)
-  return np.moveaxis(vol, 0, -1), np.eye(4), None
+  if space is not None:
+    spacing = fastmri_format.voxel_size(space, tuple(hw))
+  else:
+    spacing = (1.0, 1.0, 1.0)
+    logging.warning("%s: no usable ISMRMRD header geometry; writing 1 mm voxels", path)
+  data = np.moveaxis(vol, 0, -1)
+  header = nib.Nifti1Header()
+  header.set_data_dtype(np.float32)
+  header.set_data_shape(data.shape)
+  header.set_zooms(spacing)
+  header.set_xyzt_units("mm")
+  header.set_dim_info(slice=2)
+  return data, header.get_base_affine(), header
+
+
+def _why(e: BaseException) -> str:
+  """An exception as one line (nibabel's messages can span several)."""
+  return f"{type(e).__name__}: {' '.join(str(e).split())}"
+
+
+def _describe(node) -> str:
+  return f"{node.dtype} {node.shape}" if isinstance(node, h5py.Dataset) else type(node).__name__
+
+
+def _kspace_to_image(k: np.ndarray) -> np.ndarray:
+  """One slice's k-space [(coils,) H, W] -> magnitude: centred orthonormal inverse FFT, RSS over coils."""
+  img = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+  mag = np.sqrt(np.sum(np.abs(img) ** 2, axis=0)) if k.ndim == 3 else np.abs(img)
+  return mag.astype(np.float32)
+
+
+# -- the output file ----------------------------------------------------------------------------------
+def check_output(output_path: str, *, protected: tuple[str, ...] = (), overwrite: bool = False) -> None:
+  """Raises unless `output_path` can be written as a new NIfTI file; called before any compute.
+
+  `protected`: the user's input files, never replaced whatever `overwrite` says (same file by path,
+  symlink or hard link). An existing output is replaced only with `overwrite=True`.
+  """
+  if not output_path.endswith(NIFTI_SUFFIXES):
+    raise ValueError(f"{output_path}: the output must be a NIfTI file (.nii or .nii.gz)")
+  if os.path.isdir(output_path):
+    raise IsADirectoryError(f"{output_path}: is a directory; --output must name a NIfTI file")
+  for path in protected:
+    with contextlib.suppress(OSError):  # the output does not exist (or is a dangling link): not the input
+      if os.path.samefile(output_path, path):
+        raise ValueError(f"{output_path}: is the input file {path}; refusing to overwrite it "
+                         f"(choose another --output)")
+  if os.path.lexists(output_path) and not overwrite:
+    raise FileExistsError(f"{output_path}: already exists; predict does not replace files "
+                          f"(remove it or choose another --output)")
+  parent = os.path.dirname(os.path.abspath(output_path))
+  if not os.path.exists(parent):
+    raise FileNotFoundError(f"{output_path}: the folder {parent} does not exist")
+  if not os.path.isdir(parent):
+    raise NotADirectoryError(f"{output_path}: {parent} is not a folder")
+  # Try it: permissions, read-only mounts and quotas all show up as a failed create.
+  try:
+    fd, probe = tempfile.mkstemp(prefix=PARTIAL_PREFIX, dir=parent)
+  except OSError as e:
+    cls = PermissionError if isinstance(e, PermissionError) else OSError
+    raise cls(f"{output_path}: cannot write in {parent} ({e.strerror or e})") from e
+  os.close(fd)
+  os.remove(probe)
+
+
+def _umask() -> int:
+  mask = os.umask(0)   # the only portable way to read it; set straight back (single-threaded here)
+  os.umask(mask)
+  return mask
+
+
+def write_atomic(img: nib.Nifti1Image, output_path: str, *, overwrite: bool = False) -> None:
+  """Saves `img` to a temporary file next to `output_path`, then moves it into place.
+
+  Either the complete file appears under `output_path` or nothing does (the temporary file is removed
+  on any failure, Ctrl-C included). Without `overwrite` the move is a hard link, which fails rather
+  than replace a file that appeared meanwhile.
+  """
+  out_dir = os.path.dirname(os.path.abspath(output_path))
+  suffix = ".nii.gz" if output_path.endswith(".gz") else ".nii"   # nibabel picks compression by name
+  fd, tmp = tempfile.mkstemp(suffix=suffix, dir=out_dir, prefix=PARTIAL_PREFIX)
+  os.close(fd)
+  try:
+    nib.save(img, tmp)
+    os.chmod(tmp, 0o666 & ~_umask())   # mkstemp creates 0600; an output file gets the user's umask
+    with open(tmp, "rb") as f:
+      os.fsync(f.fileno())
+    if overwrite:
+      os.replace(tmp, output_path)
+    else:
+      try:
+        os.link(tmp, output_path)
+      except FileExistsError:
+        raise FileExistsError(f"{output_path}: appeared while predicting; not replaced") from None
+      except OSError:   # a file system without hard links
+        if os.path.lexists(output_path):
+          raise FileExistsError(f"{output_path}: appeared while predicting; not replaced") from None
+        os.replace(tmp, output_path)
+  finally:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(tmp)
 
 
 def upsampled_affine(affine: np.ndarray, in_plane: tuple[int, int], scale: int) -> np.ndarray:
@@ -95,88 +273,128 @@ def upsampled_affine(affine: np.ndarray, in_plane: tuple[int, int], scale: int) 
   return affine @ m
 
 
+def output_image(volume: np.ndarray, header, in_plane: tuple[int, int], scale: int) -> nib.Nifti1Image:
+  """float32 NIfTI of the upsampled `volume` with the input `header`'s metadata and geometry.
+
+  Each coded transform (qform, sform) is upsampled on its own, so a file whose two differ keeps both;
+  with both codes 0 the zooms alone define the grid, as in the input.
+  """
+  hdr = header.copy()
+  if hdr.endianness != nib.volumeutils.native_code:   # a big-endian input gets a native output
+    hdr = hdr.as_byteswapped(nib.volumeutils.native_code)
+  hdr.set_data_dtype(np.float32)
+  hdr.set_data_shape(volume.shape)
+  zooms = [float(z) for z in header.get_zooms()[:3]]
+  for a in in_plane:
+    zooms[a] /= scale
+  hdr.set_zooms(zooms)
+  hdr["cal_min"], hdr["cal_max"] = 0.0, 0.0   # the input's display window does not describe the output
+  klass = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+  img = klass(volume.astype(np.float32, copy=False), None, hdr)
+  img.header.set_slope_inter(1.0, 0.0)   # values are stored as they are
+  for get, put in ((header.get_qform, img.set_qform), (header.get_sform, img.set_sform)):
+    aff, code = get(coded=True)
+    put(None if aff is None else upsampled_affine(aff, in_plane, scale), code=int(code))
+  return img
+
+
+# -- super-resolution ---------------------------------------------------------------------------------
+def _to_host(x: jax.Array) -> np.ndarray:
+  """The whole of a (possibly multi-process) array on this host."""
+  if x.is_fully_addressable:
+    return np.asarray(jax.device_get(x))
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def super_resolve(apply_fn, slices: np.ndarray, batch_size: int, mesh) -> np.ndarray:
-  """[S, H, W] in [0, 1] -> [S, sH, sW] with fixed-shape batches (the last one padded)."""
+  """[S, H, W] -> [S, sH, sW] with fixed-shape batches (the last one padded).
+
+  Every process passes the same `slices` and gets the whole result; each device computes only its
+  rows of each batch (taken from `slices` by the sharding's index, so the split is the same for one
+  process as for many).
+  """
   n = slices.shape[0]
+  data_sharding = sharding.data_sharding(mesh)
   out = []
   for start in range(0, n, batch_size):
     chunk = slices[start:start + batch_size]
     pad = batch_size - chunk.shape[0]
     if pad:
       chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-    sr = apply_fn(sharding.to_global(chunk[..., None], mesh))
-    out.append(np.asarray(jax.device_get(sr))[:batch_size - pad, ..., 0])
+    chunk = np.ascontiguousarray(chunk[..., None])
+    x = jax.make_array_from_callback(chunk.shape, data_sharding, lambda index, c=chunk: c[index])
+    out.append(_to_host(apply_fn(x))[:batch_size - pad, ..., 0])
   return np.concatenate(out)
+
+
+def upsample_volume(apply_fn, data: np.ndarray, axis: int, scale: int, batch_size: int, mesh,
+                    name: str = "volume") -> np.ndarray:
+  """[X, Y, Z] in scanner units -> the volume `scale` times finer in-plane (slicing along `axis`).
+
+  output = SR(clip(x)) + bicubic(x − clip(x)) in normalised units x (then back to scanner units): the
+  generator sees what it was trained on, and whatever the clip to [0, 1] removed comes back through
+  the bicubic path, so intensities above the normalisation percentile are not saturated. Negative
+  values (interpolation undershoot) are floored at min(0, input minimum).
+  """
+  slices = np.moveaxis(data, axis, 0)
+  norm, unit = volumes.robust_normalise(slices, name)
+  # Exactly 0 inside [0, 1]: the same float32 division as robust_normalise's.
+  excess = slices / np.float32(unit) - norm
+  sr = super_resolve(jax.jit(apply_fn), norm, batch_size, mesh)
+  rows = np.flatnonzero(np.any(excess != 0, axis=(1, 2)))
+  if rows.size:
+    bicubic = jax.jit(functools.partial(degrade.upsample_bicubic, scale=scale))
+    sr[rows] += super_resolve(bicubic, excess[rows], batch_size, mesh)
+  out = np.maximum(sr * np.float32(unit), np.float32(min(0.0, float(slices.min()))))
+  return np.moveaxis(out, 0, axis)
 
 
 def predict_file(config: ml_collections.ConfigDict, workdir: str, input_path: str, output_path: str,
                  *, reference: str | None = None, slice_axis: int | None = None,
-                 frame: int | None = None, mesh=None) -> dict:
-  """Super-resolves `input_path` into `output_path`; returns metrics against `reference` if given."""
+                 frame: int | None = None, mesh=None, overwrite: bool = False) -> dict:
+  """Super-resolves `input_path` into `output_path`; returns metrics against `reference` if given.
+
+  Every check that does not need the model (output path, input, reference, slice axis, batch size)
+  runs before the checkpoint is restored.
+  """
   from mrsr_jax.evaluate import load_generator   # restoring a generator is shared with eval
-  if not output_path.endswith((".nii", ".nii.gz")):
-    raise ValueError(f"{output_path}: the output must be a NIfTI file (.nii or .nii.gz)")
+  check_output(output_path, protected=tuple(p for p in (input_path, reference) if p), overwrite=overwrite)
   mesh = mesh or sharding.make_mesh()
   batch = config.predict.batch_size
   sharding.check_batch_size(batch, mesh)
-  data, affine, header = load_input(input_path, frame=frame)
+  s = config.scale
+  data, _, header = load_input(input_path, frame=frame)
+  affine = np.asarray(header.get_best_affine(), np.float64)
   axis = volumes.slice_axis(affine, header) if slice_axis is None else slice_axis
   if axis not in (0, 1, 2):
     raise ValueError(f"slice axis must be 0, 1 or 2, got {axis}")
-  apply_fn, info = load_generator(config, workdir, mesh)
-  s = config.scale
-
-  slices = np.moveaxis(data, axis, 0)
-  norm, scale = volumes.robust_normalise(slices, input_path)
-  logging.info("%s: %s, slicing along axis %d (%d slices), %d× in-plane", input_path, data.shape,
-               axis, slices.shape[0], s)
-  sr = super_resolve(jax.jit(apply_fn), norm, batch, mesh)
-  sr = np.moveaxis(np.clip(sr, 0.0, None) * scale, 0, axis)
-
   in_plane = tuple(a for a in range(3) if a != axis)
-  new_affine = upsampled_affine(affine, in_plane, s)
-  out_dtype = np.float32
-  if header is not None and np.issubdtype(header.get_data_dtype(), np.integer):
-    # Integer scanner data stays integer (rounded, clipped to the type's range).
-    out_dtype = header.get_data_dtype()
-    lim = np.iinfo(out_dtype)
-    sr = np.clip(np.rint(sr), lim.min, lim.max)
-  sr = sr.astype(out_dtype)
-  if header is not None:
-    hdr = header.copy()
-    hdr.set_data_dtype(out_dtype)
-    hdr["scl_slope"], hdr["scl_inter"] = np.nan, np.nan   # data are stored unscaled
-    img = nib.Nifti1Image(sr, new_affine, hdr)
-  else:
-    img = nib.Nifti1Image(sr, new_affine)
-  zooms = np.sqrt((new_affine[:3, :3] ** 2).sum(0))
-  img.header.set_zooms(tuple(zooms) + tuple(img.header.get_zooms()[3:len(img.shape)]))
-  img.set_qform(new_affine, code=int(header["qform_code"]) if header is not None else 1)
-  img.set_sform(new_affine, code=int(header["sform_code"]) if header is not None else 1)
+  out_shape = tuple(n * s if a in in_plane else n for a, n in enumerate(data.shape))
+  ref = None
+  if reference:
+    ref, _, _ = load_input(reference, frame=frame)
+    if ref.shape != out_shape:
+      raise ValueError(f"{reference}: reference shape {ref.shape} differs from the output's {out_shape}")
+
+  apply_fn, info = load_generator(config, workdir, mesh)
+  logging.info("%s: %s, slicing along axis %d (%d slices), %d× in-plane", input_path, data.shape,
+               axis, data.shape[axis], s)
+  sr = upsample_volume(apply_fn, data, axis, s, batch, mesh, name=input_path)
+  bad = int(np.count_nonzero(~np.isfinite(sr)))
+  if bad:
+    raise ValueError(f"{info['workdir']}: the generator (step {info['step']}) gave {bad} NaN/Inf voxels "
+                     f"for {input_path}; nothing written")
+  img = output_image(sr, header, in_plane, s)
 
   results = {"output": output_path, "shape": tuple(int(x) for x in sr.shape), "slice_axis": axis,
              "checkpoint_step": info["step"]}
-  if reference:
-    ref, _, _ = load_input(reference, frame=frame)
-    if ref.shape != sr.shape:
-      raise ValueError(f"{reference}: reference shape {ref.shape} differs from the output {sr.shape}")
-    ref_s = np.moveaxis(ref, axis, 0)
-    results.update(metrics_lib.volume_metrics(np.moveaxis(sr.astype(np.float32), axis, 0), ref_s))
-    print(f"against {reference}: PSNR {results['psnr']:.2f} dB, SSIM {results['ssim']:.4f}, "
-          f"NMSE {results['nmse']:.4f}")
-
-  # Atomic: a temporary file in the output's folder, renamed when complete.
-  out_dir = os.path.dirname(os.path.abspath(output_path))
-  os.makedirs(out_dir, exist_ok=True)
-  suffix = ".nii.gz" if output_path.endswith(".gz") else ".nii"
-  fd, tmp = tempfile.mkstemp(suffix=suffix, dir=out_dir, prefix=".partial-")
-  os.close(fd)
-  try:
-    nib.save(img, tmp)
-    os.replace(tmp, output_path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  print(f"wrote {output_path}: {sr.shape} ({', '.join(f'{z:.3g}' for z in zooms)} mm voxels)")
+  if ref is not None:
+    results.update(metrics_lib.volume_metrics(np.moveaxis(sr, axis, 0), np.moveaxis(ref, axis, 0)))
+  if jax.process_index() == 0:   # every process holds the whole result; one writes it
+    write_atomic(img, output_path, overwrite=overwrite)
+    if ref is not None:
+      print(f"against {reference}: PSNR {results['psnr']:.2f} dB, SSIM {results['ssim']:.4f}, "
+            f"NMSE {results['nmse']:.4f}")
+    zooms = img.header.get_zooms()[:3]
+    print(f"wrote {output_path}: {sr.shape} float32 ({', '.join(f'{z:.3g}' for z in zooms)} mm voxels)")
   return results
