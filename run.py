@@ -4,10 +4,22 @@
   python run.py --config=configs/sr_ixi_x4.py --workdir=/tmp/ixi_x4 --config.sr.loss.lambda_vit=0
   python run.py --config=configs/demo.py --workdir=/tmp/demo --mode=eval
   python run.py --config=configs/demo.py --workdir=/tmp/demo --mode=predict --input=IN.nii.gz --output=OUT.nii.gz
+
+Exit status: 0 done; 2 bad input (a flag, the config file or a field of it, a file, a path, a workdir
+trained with another config, a non-finite loss), reported as one line `error: <message>` on stderr;
+anything else is a bug and keeps its traceback.
 """
 
+from __future__ import annotations
+
+import difflib
+import importlib.util
 import logging as pylogging
+import os
+import re
 import sys
+import traceback
+from typing import Sequence
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -29,7 +41,129 @@ flags.DEFINE_integer("process_id", None, "This process's id (multi-process runs)
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (auto-detect on clusters).")
 flags.mark_flags_as_required(["config", "workdir"])
 
+EXIT_BAD_INPUT = 2
 
+
+class CommandLineError(ValueError):
+  """A bad flag or config file, found before anything runs."""
+
+
+def is_user_error(e: BaseException) -> bool:
+  """Bad input the user can fix (reported in one line) rather than a bug (kept as a traceback).
+
+  OSError covers unreadable / unwritable / missing paths (PermissionError, FileExistsError,
+  IsADirectoryError, NotADirectoryError, FileNotFoundError); the library reports bad values, files and
+  configs as ValueError (ConfigMismatchError included) or KeyError, and a diverging run as
+  NonFiniteLossError."""
+  if isinstance(e, (OSError, ValueError, KeyError, flags.Error, app.UsageError)):
+    return True
+  loop = sys.modules.get("mrsr_jax.train.loop")     # imported by any run that can raise it
+  return loop is not None and isinstance(e, loop.NonFiniteLossError)
+
+
+def error_line(e: BaseException) -> str:
+  if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str):
+    msg = e.args[0]                  # str(KeyError) would quote it
+  elif isinstance(e, OSError) and e.strerror and e.filename and str(e).startswith("[Errno"):
+    msg = f"{e.filename}: {e.strerror}"
+  else:
+    msg = str(e) or type(e).__name__
+  return f"error: {msg}"
+
+
+# -- the config file, checked before config_flags loads it -------------------------------------------
+def _config_spec(argv: Sequence[str]) -> str | None:
+  for i, arg in enumerate(argv):
+    m = re.match(r"^--?config(=(.*))?$", arg)
+    if m:
+      if m.group(1) is not None:
+        return m.group(2)
+      return argv[i + 1] if i + 1 < len(argv) else None
+  return None
+
+
+def _line_in(path: str, tb) -> str:
+  """' (line N)' of the innermost frame of `tb` in the file `path`, else ''."""
+  line = None
+  for frame in traceback.extract_tb(tb):
+    if os.path.abspath(frame.filename) == os.path.abspath(path):
+      line = frame.lineno
+  return f" (line {line})" if line else ""
+
+
+def load_config_file(spec: str):
+  """`path[:arg]` -> get_config(arg), with a one-line CommandLineError for each way it can fail.
+
+  config_flags would raise these as tracebacks, or only when the config is first used."""
+  path, _, arg = spec.partition(":")
+  if not path:
+    raise CommandLineError("--config: empty path; pass --config=path/to/config.py")
+  if not os.path.exists(path):
+    raise CommandLineError(f"--config={path}: no such file")
+  if not os.path.isfile(path):
+    raise CommandLineError(f"--config={path}: not a file")
+  module_spec = importlib.util.spec_from_file_location("_mrsr_run_config", path)
+  if module_spec is None:
+    raise CommandLineError(f"--config={path}: not a python file")
+  module = importlib.util.module_from_spec(module_spec)
+  try:
+    module_spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise CommandLineError(f"--config={path}: syntax error at line {e.lineno}: {e.msg}") from None
+  except Exception as e:  # the config file's own code: its error, located, not our traceback
+    raise CommandLineError(f"--config={path}: loading it failed{_line_in(path, e.__traceback__)}: "
+                           f"{type(e).__name__}: {e}") from None
+  get_config = getattr(module, "get_config", None)
+  if not callable(get_config):
+    raise CommandLineError(f"--config={path}: defines no get_config() function")
+  try:
+    config = get_config(*([arg] if arg else []))
+  except Exception as e:
+    raise CommandLineError(f"--config={spec}: get_config() failed{_line_in(path, e.__traceback__)}: "
+                           f"{type(e).__name__}: {e}") from None
+  if not hasattr(config, "keys"):
+    raise CommandLineError(f"--config={spec}: get_config() returned {type(config).__name__}, "
+                           f"not a ConfigDict")
+  return config
+
+
+def check_overrides(config, argv: Sequence[str], spec: str) -> None:
+  """Every `--config.a.b=...` names a field of the config (the closest ones suggested if not)."""
+  for arg in argv:
+    m = re.match(r"^--?(?:no)?config\.([^=]+)", arg)
+    if not m:
+      continue
+    node, done = config, []
+    for part in m.group(1).split("."):
+      keys = list(node.keys()) if hasattr(node, "keys") else []
+      if part not in keys:
+        where = ".".join(["config"] + done)
+        close = difflib.get_close_matches(part, [str(k) for k in keys], n=3)
+        hint = f"; did you mean {', '.join(f'{where}.{c}' for c in close)}?" if close else (
+            f"; {where} has {', '.join(map(str, keys))}" if keys else f"; {where} is not a sub-config")
+        raise CommandLineError(f"--config.{m.group(1)}: {spec} has no field "
+                               f"'{'.'.join(done + [part])}'{hint}")
+      node, done = node[part], done + [part]
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+  """Parses `argv` into FLAGS (again, if called before: each call starts from the defaults)."""
+  spec = _config_spec(argv)
+  if spec is not None:
+    check_overrides(load_config_file(spec), argv, spec.partition(":")[0])
+  app.define_help_flags()
+  FLAGS.unparse_flags()
+  for name in [n for n in FLAGS if n.startswith("config.")]:
+    delattr(FLAGS, name)             # the override flags config_flags defined at the previous parse
+  rest = FLAGS(list(argv))
+  if FLAGS["verbosity"].using_default_value:
+    FLAGS.verbosity = 0              # INFO, as absl's app.run does
+  if len(rest) > 1:
+    raise CommandLineError(f"unexpected arguments: {rest[1:]}")
+  return rest
+
+
+# -- the run -----------------------------------------------------------------------------------------
 class _QuietLibraries(pylogging.Filter):
   """orbax logs every checkpoint step at INFO through absl; keep its warnings, drop the chatter."""
 
@@ -37,10 +171,17 @@ class _QuietLibraries(pylogging.Filter):
     return record.levelno >= pylogging.WARNING or "/orbax/" not in record.pathname
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+def _setup_logging() -> None:
+  logging.use_absl_handler()
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
+    handler.addFilter(_QuietLibraries())
+
+
+def run() -> None:
+  """The mode FLAGS ask for."""
+  if FLAGS.mode == "predict" and (not FLAGS.input or not FLAGS.output):
+    raise CommandLineError("--mode=predict needs --input and --output")
   # TensorFlow only reads data here: hide GPUs from it so it never takes JAX's memory.
   import tensorflow as tf
   tf.config.set_visible_devices([], "GPU")
@@ -63,20 +204,34 @@ def main(argv):
     evaluate.evaluate(config, FLAGS.workdir)
   else:
     from mrsr_jax import predict
-    if not FLAGS.input or not FLAGS.output:
-      raise app.UsageError("--mode=predict needs --input and --output")
     predict.predict_file(config, FLAGS.workdir, FLAGS.input, FLAGS.output,
                          reference=FLAGS.reference, slice_axis=FLAGS.slice_axis, frame=FLAGS.frame)
 
 
-def _run():
+def main(argv: Sequence[str] | None = None) -> int:
+  """The command line `argv` (program name first; default sys.argv) -> exit status.
+
+  Callable in-process (tests, notebooks): flags are re-parsed from their defaults on every call."""
+  argv = list(sys.argv if argv is None else argv)
+  saved_argv, sys.argv = sys.argv, argv     # config_flags reads the --config.<field> overrides there
   try:
-    app.run(main)
-  except (FileNotFoundError, ValueError, KeyError) as e:
-    # Bad input or config: one clear line, no traceback, non-zero exit.
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    try:
+      parse_flags(argv)
+    except (flags.Error, CommandLineError) as e:
+      print(error_line(e), file=sys.stderr)
+      return EXIT_BAD_INPUT
+    _setup_logging()
+    try:
+      run()
+    except Exception as e:
+      if not is_user_error(e):
+        raise
+      print(error_line(e), file=sys.stderr)
+      return EXIT_BAD_INPUT
+    return 0
+  finally:
+    sys.argv = saved_argv
 
 
 if __name__ == "__main__":
-  _run()
+  sys.exit(main())

@@ -1,9 +1,11 @@
 """Staged training on real sample slices: every stage steps, resumes bit for bit, guards NaN, and
 gives the same update on 1 and on 8 (emulated) devices."""
 
+import logging
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import tiny_config
@@ -52,7 +54,14 @@ def test_frozen_extractors_unchanged_by_sr_training(trained):
     np.testing.assert_array_equal(np.asarray(a), b)
 
 
-def test_resume_equals_uninterrupted(trained, tmp_path):
+def metric_steps(workdir, stage="sr", key="sr/g_total"):
+  """The steps `key` was logged at in metrics.jsonl, in file order."""
+  import json
+  with open(os.path.join(workdir, stage, "metrics.jsonl")) as f:
+    return [r["step"] for r in map(json.loads, f) if key in r]
+
+
+def test_resume_equals_uninterrupted(trained, tmp_path, caplog):
   config, workdir, states = trained
   # Same run, stopped after 2 SR steps (a checkpoint every 2 steps), then restarted to the end.
   config2 = tiny_config(config.data_dir, features_workdir=workdir)
@@ -60,21 +69,55 @@ def test_resume_equals_uninterrupted(trained, tmp_path):
   resumed_dir = str(tmp_path / "resumed")
   config2.sr.num_steps = 2
   pipeline.train(config2, resumed_dir)
+  first = os.stat(os.path.join(resumed_dir, "sr", "checkpoints", "2")).st_mtime_ns
   config2.sr.num_steps = config.sr.num_steps
+  caplog.set_level(logging.INFO, logger="absl")
+  caplog.clear()
   final = pipeline.train(config2, resumed_dir)["sr"]
+  # It continued from step 2: said so, ran only steps 2..4, kept the step-2 checkpoint as it was, and
+  # logged each step once (a silent restart from 0 would fail each of these).
+  assert f"[sr] training steps 2..{config.sr.num_steps}" in caplog.text
+  assert "[sr] training steps 0.." not in caplog.text
+  assert os.stat(os.path.join(resumed_dir, "sr", "checkpoints", "2")).st_mtime_ns == first
+  assert metric_steps(resumed_dir) == list(range(2, config.sr.num_steps + 1, 2))
   for a, b in zip(jax.tree.leaves(final.params), jax.tree.leaves(states["sr"].params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   for a, b in zip(jax.tree.leaves(final.batch_stats), jax.tree.leaves(states["sr"].batch_stats)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_nan_guard_stops_and_keeps_last_good_checkpoint(trained, tmp_path):
+@pytest.mark.parametrize("every, caught", [
+    (1, r"step 3 made the train state non-finite \(\.params\[.*not saved: stopping, the last good "
+        r"checkpoint \(step 2\) in .* is intact\."),
+    (2, r"non-finite loss at step 4: .*g_total=nan.*stopping, the last good checkpoint \(step 2\)"),
+])
+def test_nan_guard_never_saves_nonfinite_state(trained, tmp_path, monkeypatch, every, caught):
+  """The learning rate turns NaN at the 3rd update: the state after step 3 is NaN while the loss of
+  step 3 (computed before its update) is finite. With a checkpoint every step, the state check stops
+  the save of step 3; otherwise the loss of step 4 stops the run. Either way the newest checkpoint on
+  disk is the finite step 2 the message names."""
+  import optax
+  from mrsr_jax.train import stage_sr
   config, workdir, _ = trained
-  bad = tiny_config(config.data_dir, features_workdir=workdir, learning_rate=float("nan"))
+
+  def nan_after_two_updates(learning_rate, **unused):
+    return optax.adam(lambda count: jnp.where(count < 2, learning_rate, jnp.nan))
+
+  monkeypatch.setattr(stage_sr, "make_optimizer", nan_after_two_updates)
+  bad = tiny_config(config.data_dir, features_workdir=workdir, num_steps=6)
   bad.stages = ("sr",)
-  with pytest.raises(loop.NonFiniteLossError, match=r"non-finite loss at step 2: .*g_total=nan"):
-    pipeline.train(bad, str(tmp_path / "nan"))
-  assert checkpoints.latest_step(str(tmp_path / "nan" / "sr" / "checkpoints")) is None
+  bad.checkpoint_every_steps = every
+  bad.log_every_steps = every
+  bad.image_every_steps = 0
+  run = tmp_path / "nan"
+  with pytest.raises(loop.NonFiniteLossError, match=caught):
+    pipeline.train(bad, str(run))
+  ckpt_dir = str(run / "sr" / "checkpoints")
+  assert checkpoints.latest_step(ckpt_dir) == 2
+  saved, _ = checkpoints.load_state(ckpt_dir)
+  for path, leaf in jax.tree_util.tree_flatten_with_path(saved)[0]:
+    assert np.all(np.isfinite(leaf)), jax.tree_util.keystr(path)
+  assert not (run / "sr" / "checkpoints" / "3").exists()
 
 
 def test_same_update_on_one_and_eight_devices(trained):
@@ -107,9 +150,12 @@ def test_same_update_on_one_and_eight_devices(trained):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_kill_9_and_restart_equals_uninterrupted(trained, tmp_path):
-  """A run killed with SIGKILL right after its first checkpoint, then restarted with the same command,
-  ends bit for bit where an uninterrupted run ends."""
+def test_kill_9_during_a_save_then_restart_resumes_and_equals_uninterrupted(trained, tmp_path):
+  """A run killed with SIGKILL while orbax is writing a checkpoint (its temporary directory exists),
+  then restarted with the same command: the last complete checkpoint restores, the rerun resumes from
+  it (not from 0), every step is in metrics.jsonl once, and it ends bit for bit where an uninterrupted
+  run ends."""
+  import re
   import signal
   import subprocess
   import sys
@@ -122,21 +168,34 @@ def test_kill_9_and_restart_equals_uninterrupted(trained, tmp_path):
   ref_state = pipeline.train(ref, str(tmp_path / "reference"))["sr"]
 
   run_dir = tmp_path / "killed"
+  ckpt_dir = run_dir / "sr" / "checkpoints"
   cmd = [sys.executable, str(ROOT / "run.py"), f"--config={ROOT}/configs/tiny.py",
          f"--workdir={run_dir}", f"--config.data_dir={config.data_dir}", "--config.stages=('sr',)",
          f"--config.sr.features_workdir={workdir}", f"--config.sr.num_steps={steps}"]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  first = run_dir / "sr" / "checkpoints" / "2"      # orbax renames a checkpoint here when complete
+  # Kill while a save after the first complete one is in progress (orbax writes into
+  # `<step>.orbax-checkpoint-tmp-*` and renames it to `<step>` when complete).
+  saving = None
   deadline = time.time() + 300
-  while time.time() < deadline and proc.poll() is None and not first.is_dir():
-    time.sleep(0.01)
+  while time.time() < deadline and proc.poll() is None and saving is None:
+    names = os.listdir(ckpt_dir) if ckpt_dir.is_dir() else []
+    if "2" in names:
+      saving = next((n for n in names if re.match(r"\d+\.orbax-checkpoint-tmp", n)), None)
+    time.sleep(0.001)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  killed_at = checkpoints.latest_step(str(run_dir / "sr" / "checkpoints"))
-  assert killed_at is not None and killed_at < steps, f"not killed mid-run (at {killed_at})"
+  assert saving is not None, "the run ended before a save could be interrupted"
+  killed_at = checkpoints.latest_step(str(ckpt_dir))
+  assert killed_at is not None and 2 <= killed_at < int(saving.split(".")[0]), (killed_at, saving)
+  kept, _ = checkpoints.load_state(str(ckpt_dir))           # the last good checkpoint restores
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(kept))
+
   r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-3000:]
+  assert f"[sr] training steps {killed_at}..{steps}" in r.stderr, r.stderr[-3000:]
+  assert not any(".orbax-checkpoint-tmp" in n for n in os.listdir(ckpt_dir))
+  assert metric_steps(str(run_dir)) == list(range(2, steps + 1, 2))
   step, params = latest_params(str(run_dir), "sr")
   assert step == steps
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_state.params)):

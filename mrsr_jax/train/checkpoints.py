@@ -12,6 +12,7 @@ during a save leaves the previous checkpoint intact and the partial one is ignor
 
 from __future__ import annotations
 
+import logging as pylogging
 import os
 from typing import Any
 
@@ -33,12 +34,56 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict[str, Any
       state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
 
 
+def mismatches(directory: str, step: int, abstract_state: Any) -> list[str]:
+  """How the arrays saved at `step` differ from `abstract_state` ("params/gen/conv_in/kernel: (3, 3,
+  1, 64) saved, (3, 3, 1, 16) here"); empty when the checkpoint fits. Reads only the metadata."""
+  path = os.path.join(os.path.abspath(directory), str(step), "state")
+  with _quiet_metadata_warning(), ocp.StandardCheckpointer() as ckptr:
+    saved = ckptr.metadata(path).item_metadata
+  saved = ocp.tree.to_flat_dict(getattr(saved, "tree", saved))
+  wanted = ocp.tree.to_flat_dict(ocp.tree.serialize_tree(abstract_state, keep_empty_nodes=True))
+  out = []
+  for key in sorted(set(saved) | set(wanted)):
+    a, b = saved.get(key), wanted.get(key)
+    if not hasattr(a, "shape") and not hasattr(b, "shape"):
+      continue                       # empty nodes (a network without BatchNorm statistics)
+    name = "/".join(str(k) for k in key)
+    if a is None:
+      out.append(f"{name}: not in the checkpoint")
+    elif b is None:
+      out.append(f"{name}: in the checkpoint, not in this config's model")
+    elif tuple(a.shape) != tuple(b.shape):
+      out.append(f"{name}: {tuple(a.shape)} saved, {tuple(b.shape)} here")
+  return out
+
+
+class _quiet_metadata_warning:
+  """orbax warns that a StandardCheckpointer item has no `_CHECKPOINT_METADATA` file whenever it reads
+  a CheckpointManager item directly (the manager keeps that file one level up): nothing is wrong."""
+
+  def __enter__(self):
+    self._filter = lambda record: "Metadata file does not exist" not in record.getMessage()
+    pylogging.getLogger("absl").addFilter(self._filter)
+    return self
+
+  def __exit__(self, *exc):
+    pylogging.getLogger("absl").removeFilter(self._filter)
+
+
 def restore(mngr: ocp.CheckpointManager, abstract_state: Any, step: int | None = None
             ) -> tuple[Any, dict[str, Any], int]:
-  """Restores `step` (default: latest) into the structure and shardings of `abstract_state`."""
+  """Restores `step` (default: latest) into the structure and shardings of `abstract_state`.
+
+  A checkpoint that does not fit the state (another model size, another code version) is reported
+  in one ValueError naming the differing arrays, before orbax is asked to read it."""
   step = mngr.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"{mngr.directory}: no checkpoint to restore")
+  bad = mismatches(str(mngr.directory), step, abstract_state)
+  if bad:
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    raise ValueError(f"{mngr.directory}/{step}: the checkpoint does not fit the model this config "
+                     f"builds ({'; '.join(bad[:3])}{more}); use the config it was trained with")
   restored = mngr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
   return restored["state"], restored["meta"], step
@@ -78,7 +123,7 @@ def load_state(directory: str, step: int | None = None) -> tuple[dict[str, Any],
   if step is None:
     raise FileNotFoundError(f"{directory}: no checkpoint")
   path = os.path.join(os.path.abspath(directory), str(step), "state")
-  with ocp.StandardCheckpointer() as ckptr:
+  with _quiet_metadata_warning(), ocp.StandardCheckpointer() as ckptr:
     tree = ckptr.metadata(path).item_metadata
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)

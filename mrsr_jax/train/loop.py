@@ -90,7 +90,8 @@ class Stage(abc.ABC):
 
 
 class JsonlWriter(metric_writers.MetricWriter):
-  """Scalars as JSON lines (one per step): the loss-curve source of the evaluation report."""
+  """Scalars as JSON lines (one per step and writer call): the loss-curve source of the evaluation
+  report. Each write is flushed, so a killed run keeps every step it logged."""
 
   def __init__(self, path: str):
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -98,6 +99,7 @@ class JsonlWriter(metric_writers.MetricWriter):
 
   def write_scalars(self, step, scalars):
     self._f.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n")
+    self._f.flush()
 
   def write_summaries(self, step, values, metadata=None): pass
   def write_images(self, step, images): pass
@@ -114,9 +116,34 @@ class JsonlWriter(metric_writers.MetricWriter):
     self._f.close()
 
 
-def make_writer(stage_dir: str) -> metric_writers.MetricWriter:
+def truncate_metrics(path: str, last_step: int) -> None:
+  """Drops the records of `path` after `last_step` (and a line cut short by a kill), so a run resumed
+  from the checkpoint at `last_step` logs each later step once, however often it was interrupted."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.read().splitlines()
+  keep = []
+  for line in lines:
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      continue                      # the tail of a write interrupted by a kill
+    if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= last_step:
+      keep.append(line)
+  if len(keep) == len(lines):
+    return
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write("".join(line + "\n" for line in keep))
+  os.replace(tmp, path)
+
+
+def make_writer(stage_dir: str, start_step: int = 0) -> metric_writers.MetricWriter:
+  """Process 0's TensorBoard + metrics.jsonl writer for a stage resumed at `start_step`."""
   if jax.process_index() != 0:
     return metric_writers.create_default_writer(just_logging=True)
+  truncate_metrics(os.path.join(stage_dir, "metrics.jsonl"), start_step)
   return metric_writers.MultiWriter([
       metric_writers.create_default_writer(os.path.join(stage_dir, "logs")),
       JsonlWriter(os.path.join(stage_dir, "metrics.jsonl")),
@@ -161,48 +188,71 @@ def init_state(stage: Stage, mesh) -> tuple[TrainState, Any]:
   return init, checkpoints.abstract_with_shardings(abstract, rep)
 
 
+@jax.jit
+def _finite_leaves(tree) -> jax.Array:
+  """One bool per floating-point leaf of `tree`: all its values finite (one fused reduction)."""
+  flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.stack(flags) if flags else jnp.ones((0,), bool)
+
+
+def nonfinite_leaves(tree) -> list[str]:
+  """Paths (e.g. ".params['gen']['conv_in']['kernel']") of the leaves of `tree` holding a NaN or inf."""
+  paths = [jax.tree_util.keystr(p) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+           if jnp.issubdtype(x.dtype, jnp.inexact)]
+  ok = np.asarray(jax.device_get(_finite_leaves(tree)))
+  return [p for p, good in zip(paths, ok) if not good]
+
+
 def train_stage(stage: Stage, mesh) -> TrainState:
-  """Trains `stage` to its step count, resuming from its checkpoints; returns the final state."""
+  """Trains `stage` to its step count, resuming from its checkpoints; returns the final state.
+
+  Nothing non-finite is saved: the loss of every step is checked (one step late, so the host never
+  waits on the device), and the whole state (params, optimiser state, BatchNorm statistics) before
+  each checkpoint. Either failure stops the run with NonFiniteLossError, the checkpoints on disk intact.
+  """
   config = stage.config
   info = records.read_info(dataset_dir(config))
   num_steps = stage.num_steps(info)
   sharding.check_batch_size(stage.batch_size, mesh)
   mngr = checkpoints.manager(os.path.join(stage.dir, "checkpoints"), keep=config.keep_checkpoints)
-  init, abstract = init_state(stage, mesh)
-  state, start = checkpoints.restore_or_init(mngr, lambda: init(jax.random.key(config.seed)), abstract)
-  if start >= num_steps:
-    logging.info("[%s] complete (%d/%d steps); skipped", stage.name, start, num_steps)
-    mngr.close()
-    return state
-
-  frozen = stage.frozen(mesh)
-  update = step_lib.compile_step(stage.update, mesh)
-  images_fn = jax.jit(stage.images)
-  writer = make_writer(stage.dir)
-  if start == 0:
-    writer.write_hparams(stage.hparams())
-  progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
-                                             every_steps=config.log_every_steps)
-  meta = {"stage": stage.name, "num_steps": num_steps, "config": config.to_json_best_effort()}
-  logging.info("[%s] training steps %d..%d, global batch %d on %d devices", stage.name, start,
-               num_steps, stage.batch_size, mesh.devices.size)
-
-  batches = train_iterator(stage, config, start, mesh)
-  pending = None          # metrics of the previous step: checked after the next one is dispatched
-
-  def check(step_metrics, step_no):
-    host = jax.device_get(step_metrics)
-    bad = step_lib.nonfinite_terms(host)
-    if bad:
-      last = mngr.latest_step()
-      kept = (f"the last good checkpoint (step {last}) in {mngr.directory} is intact" if last is not None
-              else "no checkpoint had been written yet")
-      raise NonFiniteLossError(
-          f"[{stage.name}] non-finite loss at step {step_no}: "
-          + ", ".join(f"{k}={host[k]}" for k in bad) + f"; stopping, {kept}.")
-    return host
-
+  writer = None
   try:
+    init, abstract = init_state(stage, mesh)
+    state, start = checkpoints.restore_or_init(mngr, lambda: init(jax.random.key(config.seed)),
+                                               abstract)
+    if start >= num_steps:
+      logging.info("[%s] complete (%d/%d steps); skipped", stage.name, start, num_steps)
+      return state
+
+    frozen = stage.frozen(mesh)
+    update = step_lib.compile_step(stage.update, mesh)
+    images_fn = jax.jit(stage.images)
+    writer = make_writer(stage.dir, start)
+    if start == 0:
+      writer.write_hparams(stage.hparams())
+    progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
+                                               every_steps=config.log_every_steps)
+    meta = {"stage": stage.name, "num_steps": num_steps, "config": config.to_json_best_effort()}
+    logging.info("[%s] training steps %d..%d, global batch %d on %d devices", stage.name, start,
+                 num_steps, stage.batch_size, mesh.devices.size)
+
+    def kept() -> str:
+      mngr.wait_until_finished()      # a save still in flight is part of what is kept
+      last = mngr.latest_step()
+      return (f"the last good checkpoint (step {last}) in {mngr.directory} is intact"
+              if last is not None else "no checkpoint had been written yet")
+
+    def check(step_metrics, step_no):
+      host = jax.device_get(step_metrics)
+      bad = step_lib.nonfinite_terms(host)
+      if bad:
+        raise NonFiniteLossError(
+            f"[{stage.name}] non-finite loss at step {step_no}: "
+            + ", ".join(f"{k}={host[k]}" for k in bad) + f"; stopping, {kept()}.")
+      return host
+
+    batches = train_iterator(stage, config, start, mesh)
+    pending = None          # metrics of the previous step: checked after the next one is dispatched
     for step in range(start, num_steps):
       try:
         batch = next(batches)
@@ -223,11 +273,20 @@ def train_stage(stage: Stage, mesh) -> TrainState:
         writer.write_images(done, {f"{stage.name}/{k}": np.clip(v, 0, 1) for k, v in imgs.items()})
       if done % config.checkpoint_every_steps == 0 or done == num_steps:
         check(*pending)
+        # The loss above was computed from the parameters *before* this step's update; what is
+        # saved is the state after it, so that is what must be finite.
+        bad = nonfinite_leaves(state)
+        if bad:
+          more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+          raise NonFiniteLossError(
+              f"[{stage.name}] step {done} made the train state non-finite ({', '.join(bad[:3])}"
+              f"{more}); not saved: stopping, {kept()}.")
         checkpoints.save(mngr, done, state, meta)
     mngr.wait_until_finished()
   finally:
-    writer.flush()
-    writer.close()
+    if writer is not None:
+      writer.flush()
+      writer.close()
     mngr.close()
   logging.info("[%s] finished %d steps", stage.name, num_steps)
   return state

@@ -8,11 +8,10 @@ from __future__ import annotations
 import os
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from mrsr_jax import sharding
+from mrsr_jax import config_check, sharding
 from mrsr_jax.data import records
 from mrsr_jax.train import loop
 from mrsr_jax.train.stage_ae import AEStage
@@ -23,32 +22,35 @@ STAGES = {"vit": ViTStage, "ae": AEStage, "sr": SRStage}
 
 
 def validate(config: ml_collections.ConfigDict, mesh=None) -> None:
-  """Fails at start, with the field named, on a config that cannot run."""
-  unknown = [s for s in config.stages if s not in STAGES]
-  if unknown:
-    raise ValueError(f"config.stages: unknown stage(s) {unknown}; choose from {list(STAGES)}")
-  order = [s for s in STAGES if s in config.stages]
-  if list(config.stages) != order:
-    raise ValueError(f"config.stages must keep the pipeline order {list(STAGES)}, got {list(config.stages)}")
-  if config.scale not in (2, 4):
-    raise ValueError(f"config.scale must be 2 or 4, got {config.scale}")
-  if config.degradation not in ("bicubic", "kspace"):
-    raise ValueError(f"config.degradation must be 'bicubic' or 'kspace', got '{config.degradation}'")
-  if config.sr.loss.feature_target not in ("lr", "hr"):
-    raise ValueError(f"config.sr.loss.feature_target must be 'lr' or 'hr', got '{config.sr.loss.feature_target}'")
-  try:
-    jnp.dtype(config.dtype)
-  except TypeError:
-    raise ValueError(f"config.dtype '{config.dtype}' is not a dtype (float32 or bfloat16)") from None
-  if config.crop_size % (4 * config.scale) or config.crop_size % config.vit.model.patch_size:
-    raise ValueError(f"config.crop_size {config.crop_size} must be a multiple of 4×scale "
-                     f"({4 * config.scale}) and of the ViT patch ({config.vit.model.patch_size})")
-  if config.ae.crop_size % 16:
-    raise ValueError(f"config.ae.crop_size {config.ae.crop_size} must be a multiple of 16 (4 poolings)")
+  """Fails at start, with the field named, on a config that cannot run (every stage's fields are
+  checked before the first one trains), or on missing training shards."""
   mesh = mesh or sharding.make_mesh()
-  for name in config.stages:
-    sharding.check_batch_size(config[name].batch_size, mesh)
+  config_check.validate(config, num_devices=mesh.devices.size, num_processes=jax.process_count())
   records.list_shards(loop.dataset_dir(config), "train")   # missing shards: fail now, clearly
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """<workdir>/config.json: the config the workdir's checkpoints are trained with. Replaced atomically
+  (a kill never leaves half a record), and only when it changes."""
+  path = os.path.join(workdir, "config.json")
+  text = config.to_json_best_effort(indent=2)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    if os.path.isfile(path):
+      with open(path) as f:
+        if f.read() == text:
+          return
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+      with open(tmp, "w") as f:
+        f.write(text)
+      os.replace(tmp, path)
+    finally:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+  except OSError as e:
+    raise type(e)(f"workdir {workdir}: cannot write {path}: "
+                  f"{e.strerror or e}") from None
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, mesh=None, *,
@@ -59,10 +61,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, mesh=None, *,
   """
   mesh = mesh or sharding.make_mesh()
   validate(config, mesh)
+  # Before anything is written: a rerun that would change how the workdir's checkpoints were trained
+  # stops here, its config.json and checkpoints untouched.
+  config_check.check_workdir(config, workdir)
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    write_config(config, workdir)
   states = {}
   for name in config.stages:
     logging.info("=== stage %s ===", name)

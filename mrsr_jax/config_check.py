@@ -1,0 +1,311 @@
+"""Checks a run config before anything runs: its numbers and options, and a rerun against its workdir.
+
+`validate(config, ...)` checks every field each stage of `config.stages` will use (and the ViT / AE
+model fields the SR loss builds its extractors from), so a bad value stops the run at start with the
+field named, not after earlier stages have trained.
+
+`check_workdir(config, workdir)` compares a rerun with the config the workdir was trained with
+(`<workdir>/config.json`, else the config saved beside each stage's checkpoints). Once a stage has a
+checkpoint, the fields that decide what its saved state is and how it was trained are fixed; only
+`RESUMABLE` fields may change (to extend training, move the data, log or evaluate differently). A
+mismatch raises `ConfigMismatchError` naming every differing field, before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Iterable, Mapping
+
+import ml_collections
+
+STAGE_NAMES = ("vit", "ae", "sr")
+
+# Fields that may differ between the run that wrote a workdir's checkpoints and a rerun that resumes
+# them. Everything else is fixed once a stage it concerns has a checkpoint; a field added to the configs
+# later is fixed until it is listed here. A prefix covers its whole sub-config.
+RESUMABLE = (
+    "data_dir",                    # where the shards are (the same dataset, moved)
+    "stages",                      # which stages this invocation runs
+    "input_readers",               # data readers: follows the process topology of the machine
+    "log_every_steps", "image_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+    "vit.num_steps", "vit.num_epochs",   # the step count: extend (or end) training
+    "ae.num_steps", "ae.num_epochs",
+    "sr.num_steps", "sr.num_epochs",
+    "eval", "predict",             # used after training only
+)
+
+# Top-level fields only the SR stage uses (the LR model); other top-level fields concern every stage.
+_SR_ONLY = ("scale", "degradation", "hamming")
+
+# What the SR stage's frozen extractors must agree on with the workdir that trained them.
+FEATURE_FIELDS = {"vit": ("crop_size", "vit.model", "vit.pretext", "vit.num_bins"),
+                  "ae": ("crop_size", "ae.model", "ae.crop_size")}
+
+
+class ConfigMismatchError(ValueError):
+  """A rerun's config disagrees with the config its workdir's checkpoints were trained with."""
+
+
+# -- field values ------------------------------------------------------------------------------------
+def _fail(field: str, value: Any, need: str) -> None:
+  raise ValueError(f"config.{field} = {value!r}: {need}")
+
+
+def _int(config, field: str, *, min_value: int) -> int:
+  value = _get(config, field)
+  if isinstance(value, bool) or not isinstance(value, int) or value < min_value:
+    _fail(field, value, f"must be an integer >= {min_value}")
+  return value
+
+
+def _real(config, field: str, *, low: float = 0.0, high: float = math.inf, low_open: bool = False,
+          high_open: bool = False) -> float:
+  value = _get(config, field)
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+  ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+  if not ok:
+    rng = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    _fail(field, value, f"must be a finite number in {rng}")
+  return float(value)
+
+
+def _choice(config, field: str, choices: Iterable[Any]) -> Any:
+  value = _get(config, field)
+  choices = tuple(choices)
+  if value not in choices:
+    _fail(field, value, f"must be one of {', '.join(repr(c) for c in choices)}")
+  return value
+
+
+def _get(config, field: str) -> Any:
+  node = config
+  for part in field.split("."):
+    if part not in node:
+      raise ValueError(f"config.{field} is missing (the config file must define it)")
+    node = node[part]
+  return node
+
+
+def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_processes: int = 1) -> None:
+  """Raises ValueError naming the first field of `config` that training cannot run with."""
+  stages = _get(config, "stages")
+  if isinstance(stages, str) or not isinstance(stages, (tuple, list)) or not stages:
+    _fail("stages", stages, f"must be a non-empty tuple of {STAGE_NAMES}")
+  unknown = [s for s in stages if s not in STAGE_NAMES]
+  if unknown:
+    _fail("stages", tuple(stages), f"unknown stage(s) {unknown}; choose from {list(STAGE_NAMES)}")
+  if list(stages) != [s for s in STAGE_NAMES if s in stages]:
+    _fail("stages", tuple(stages), f"must keep the pipeline order {list(STAGE_NAMES)}")
+
+  # What every stage shares.
+  scale = _choice(config, "scale", (2, 4))
+  _choice(config, "degradation", ("bicubic", "kspace"))
+  _choice(config, "hamming", (False, True))
+  _choice(config, "dtype", ("float32", "bfloat16"))
+  _int(config, "seed", min_value=-2**63)
+  _real(config, "grad_clip_norm")
+  _int(config, "log_every_steps", min_value=1)
+  _int(config, "checkpoint_every_steps", min_value=1)
+  _int(config, "image_every_steps", min_value=0)
+  _int(config, "keep_checkpoints", min_value=1)
+  readers = _int(config, "input_readers", min_value=0) or num_processes
+  if readers % num_processes:
+    _fail("input_readers", readers, f"must be a multiple of the {num_processes} processes")
+  if not isinstance(_get(config, "dataset"), str) or not config.dataset:
+    _fail("dataset", config.dataset, "must name the dataset folder under data_dir")
+
+  # The model fields: the ViT and the AE encoder are also built by the SR stage (its loss features).
+  patch = _int(config, "vit.model.patch_size", min_value=1)
+  heads = _int(config, "vit.model.num_heads", min_value=1)
+  hidden = _int(config, "vit.model.hidden_size", min_value=1)
+  if hidden % heads:
+    _fail("vit.model.hidden_size", hidden, f"must be a multiple of vit.model.num_heads ({heads})")
+  _int(config, "vit.model.mlp_dim", min_value=1)
+  _int(config, "vit.model.num_layers", min_value=1)
+  _real(config, "vit.model.dropout_rate", high=1.0, high_open=True)
+  crop = _int(config, "crop_size", min_value=1)
+  if crop % (4 * scale) or crop % patch:
+    _fail("crop_size", crop, f"must be a multiple of 4×scale ({4 * scale}) and of the ViT patch "
+          f"vit.model.patch_size ({patch})")
+  ae_features = _get(config, "ae.model.features")
+  if (not isinstance(ae_features, (tuple, list)) or len(ae_features) != 4
+      or not all(isinstance(f, int) and not isinstance(f, bool) and f > 0 for f in ae_features)):
+    _fail("ae.model.features", ae_features, "must be 4 positive integers (the encoder's block widths)")
+  _int(config, "ae.model.structure_channels", min_value=1)
+  _int(config, "ae.model.texture_dim", min_value=1)
+  ae_crop = config.ae.get("crop_size", None) or crop
+  if ae_crop <= 0 or ae_crop % 16:
+    _fail("ae.crop_size", ae_crop, "must be a positive multiple of 16 (the encoder's 4 poolings)")
+
+  # Each stage to train: its batch, its length, its optimiser and loss.
+  for name in stages:
+    batch = _int(config, f"{name}.batch_size", min_value=1)
+    if batch % num_devices:
+      _fail(f"{name}.batch_size", batch, f"the global batch must be a multiple of the {num_devices} "
+            f"devices")
+    if batch % readers:
+      _fail(f"{name}.batch_size", batch, f"the global batch must be a multiple of the {readers} input "
+            f"readers (config.input_readers)")
+    steps = _int(config, f"{name}.num_steps", min_value=0)
+    epochs = _real(config, f"{name}.num_epochs")
+    if not steps and not epochs:
+      _fail(f"{name}.num_steps", steps, f"set it, or {name}.num_epochs, to a positive number")
+    _real(config, f"{name}.learning_rate", low=0.0, low_open=True)
+    for beta in ("b1", "b2"):
+      if beta in config[name]:
+        _real(config, f"{name}.{beta}", high=1.0, high_open=True)
+    if "weight_decay" in config[name]:
+      _real(config, f"{name}.weight_decay")
+
+  if "vit" in stages:
+    _choice(config, "vit.pretext", ("masked_patch", "classify"))
+    _real(config, "vit.mask_ratio", low=0.0, low_open=True, high=1.0)
+    _int(config, "vit.num_bins", min_value=2)
+  if "ae" in stages:
+    _real(config, "ae.w_adv")
+    _real(config, "ae.w_swap")
+  if "sr" in stages:
+    _int(config, "sr.model.num_blocks", min_value=1)
+    _int(config, "sr.model.features", min_value=1)
+    _choice(config, "sr.model.residual", (False, True))
+    _int(config, "sr.disc_features", min_value=1)
+    for weight in ("adv_weight", "lambda_vit", "lambda_str", "lambda_tex", "pixel_weight"):
+      _real(config, f"sr.loss.{weight}")
+    _choice(config, "sr.loss.feature_target", ("lr", "hr"))
+    if not isinstance(_get(config, "sr.features_workdir"), str):
+      _fail("sr.features_workdir", config.sr.features_workdir, "must be a path (or '' for this workdir)")
+
+
+# -- a rerun against its workdir ---------------------------------------------------------------------
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """{"sr.model.features": 64, ...} of a (JSON-decoded) config."""
+  out = {}
+  for k, v in tree.items():
+    path = f"{prefix}{k}"
+    if isinstance(v, Mapping):
+      out.update(flatten(v, path + "."))
+    else:
+      out[path] = v
+  return out
+
+
+def as_json_tree(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config as config.json stores it (tuples as lists, references resolved)."""
+  return json.loads(config.to_json_best_effort())
+
+
+def resumable(field: str) -> bool:
+  return any(field == p or field.startswith(p + ".") for p in RESUMABLE)
+
+
+def concerns(field: str, stage: str) -> bool:
+  """Whether `field` decides what `stage`'s checkpoints hold or how they were trained."""
+  top = field.split(".", 1)[0]
+  if top in STAGE_NAMES:
+    # The SR stage's loss is computed with the ViT and AE the vit/ae fields describe.
+    return top == stage or (stage == "sr" and top in ("vit", "ae"))
+  if top in _SR_ONLY:
+    return stage == "sr"
+  return True    # dataset, seed, dtype, crop_size, grad_clip_norm, and any new top-level field
+
+
+def _show(value: Any) -> str:
+  return repr(value) if isinstance(value, str) else json.dumps(value)
+
+
+def differences(recorded: Mapping[str, Any], asked: Mapping[str, Any], fields: Iterable[str],
+                where: str = "in the workdir") -> list[str]:
+  """'sr.model.features: 64 in the workdir, 16 asked' for each of `fields` that differs."""
+  out = []
+  for f in sorted(set(fields)):
+    a, b = recorded.get(f, _ABSENT), asked.get(f, _ABSENT)
+    if a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)):
+      continue
+    out.append(f"{f}: {'absent' if a is _ABSENT else _show(a)} {where}, "
+               f"{'absent' if b is _ABSENT else _show(b)} asked")
+  return out
+
+
+_ABSENT = object()
+
+
+def read_config_json(path: str) -> dict[str, Any]:
+  try:
+    with open(path) as f:
+      tree = json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}: not valid JSON ({e}); it records how this workdir was trained: restore "
+                     f"it, or use a new workdir") from None
+  if not isinstance(tree, dict):
+    raise ValueError(f"{path}: not a config (a JSON object expected)")
+  return tree
+
+
+def trained_stages(workdir: str) -> list[str]:
+  """The stages with at least one complete checkpoint in `workdir`."""
+  from mrsr_jax.train import checkpoints
+  return [s for s in STAGE_NAMES
+          if checkpoints.latest_step(os.path.join(workdir, s, "checkpoints")) is not None]
+
+
+def recorded_config(workdir: str, stages: Iterable[str]) -> tuple[dict[str, Any], str] | None:
+  """(flat recorded config, where it came from) of a workdir whose `stages` have checkpoints."""
+  path = os.path.join(workdir, "config.json")
+  if os.path.exists(path):
+    return flatten(read_config_json(path)), path
+  # A workdir without config.json (deleted, or written by an older version): each checkpoint also
+  # stores the config it was trained with.
+  from mrsr_jax.train import checkpoints
+  for stage in stages:
+    directory = os.path.join(workdir, stage, "checkpoints")
+    meta = checkpoints.read_meta(directory)
+    if isinstance(meta.get("config"), str):
+      return flatten(json.loads(meta["config"])), f"the checkpoint meta in {directory}"
+  return None
+
+
+def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Raises ConfigMismatchError if `config` changes a field fixed by a checkpoint in `workdir`, or
+  disagrees with the ViT / AE of `sr.features_workdir` that the SR stage will load. Reads only."""
+  asked = flatten(as_json_tree(config))
+  trained = trained_stages(workdir) if os.path.isdir(workdir) else []
+  if trained:
+    found = recorded_config(workdir, trained)
+    if found is not None:
+      recorded, source = found
+      fields = [f for f in set(recorded) | set(asked)
+                if not resumable(f) and any(concerns(f, s) for s in trained)]
+      diff = differences(recorded, asked, fields)
+      if diff:
+        raise ConfigMismatchError(
+            f"{workdir}: this rerun changes how its checkpoints ({', '.join(trained)}) were trained "
+            f"({source}): {'; '.join(diff)}. Only these fields may change on a resume: "
+            f"{', '.join(RESUMABLE)}. Pass the workdir's values, use a new --workdir, or delete the "
+            f"stage folders to retrain them.")
+
+  features_dir = config.sr.get("features_workdir", "") if "sr" in config.stages else ""
+  if features_dir and os.path.abspath(features_dir) != os.path.abspath(workdir):
+    from mrsr_jax import features
+    needed = features.needed(config.sr.loss)
+    used = [s for s, uses in (("vit", "vit" in needed), ("ae", bool(needed & {"z_s", "z_t"}))) if uses]
+    have = trained_stages(features_dir) if os.path.isdir(features_dir) else []
+    missing = [s for s in used if s not in have]
+    if missing:
+      raise FileNotFoundError(
+          f"sr.features_workdir {features_dir}: the SR loss needs its {' and '.join(missing)} "
+          f"checkpoint(s), and it has none: train them there first, or point sr.features_workdir at "
+          f"a workdir that has them")
+    present = used
+    found = recorded_config(features_dir, present) if present else None
+    if found is not None:
+      recorded, source = found
+      fields = [f for f in set(recorded) | set(asked)
+                if any(f == p or f.startswith(p + ".") for s in present for p in FEATURE_FIELDS[s])]
+      diff = differences(recorded, asked, fields, where="there")
+      if diff:
+        raise ConfigMismatchError(
+            f"sr.features_workdir {features_dir}: its {' and '.join(present)} stage(s) were trained "
+            f"with another model ({source}): {'; '.join(diff)}. Pass its values or point "
+            f"sr.features_workdir at a workdir trained with this config.")
