@@ -67,9 +67,18 @@ def get_config() -> ml_collections.ConfigDict:
   config.sr.num_steps = 0
   config.sr.num_epochs = 100
   config.sr.learning_rate = 1e-4
+  config.sr.lr_schedule = "constant"   # or "cosine" (decay to 1% over the stage)
+  config.sr.warmup_steps = 0           # linear warm-up from 0 (optax), both schedules
   config.sr.b1 = 0.9
   config.sr.b2 = 0.999
   config.sr.weight_decay = 0.1
+  # LR models drawn per training example (data/degrade.py `random_downsample`), so a model's gain holds
+  # on LR made another way than its training's. All family weights 0 (the default): every LR is made by
+  # `degradation`, the paper's protocol. Otherwise the weights are relative probabilities of the
+  # families; `sigma_jitter` j widens/narrows the gaussian kernel by U(1 - j, 1 + j), `hamming_prob` is
+  # the chance a k-space LR is Hamming-windowed, `noise_std` the largest Gaussian noise level.
+  config.sr.lr_mix = ml_collections.ConfigDict(dict(
+      bicubic=0.0, gaussian=0.0, kspace=0.0, sigma_jitter=0.0, hamming_prob=0.0, noise_std=0.0))
   config.sr.features_workdir = ""      # workdir whose vit/ae checkpoints feed the SR loss (default: this one).
   config.sr.loss = ml_collections.ConfigDict(dict(
       adv_weight=1e-3,       # Eq. 9 weighs L_adv by 1; see docs/paper_deviations.md.
@@ -85,6 +94,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.split = "test"
   config.eval.batch_size = 32
   config.eval.size = 240                # slices centre-padded/cropped to this for evaluation.
+  # LR models the report scores on, one column each (the matched one, `degradation`, is also the main
+  # table): the project's bicubic, scikit-image-style Gaussian + cubic spline, k-space truncation.
+  config.eval.lr_models = ("bicubic", "gaussian", "kspace")
   config.eval.ablation_workdirs = ()    # (name, workdir) pairs of ablation runs to add as rows.
   config.eval.num_figure_slices = 3
   config.predict = ml_collections.ConfigDict()

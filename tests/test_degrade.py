@@ -54,7 +54,8 @@ def _band_limited(x: np.ndarray, scale: int) -> np.ndarray:
   return (y - y.min() + 0.1).astype(np.float32)
 
 
-@pytest.mark.parametrize("method,hamming", [("bicubic", False), ("kspace", False), ("kspace", True)])
+@pytest.mark.parametrize("method,hamming", [("bicubic", False), ("gaussian", False), ("kspace", False),
+                                            ("kspace", True)])
 @pytest.mark.parametrize("scale", [2, 4])
 def test_shapes_and_dtype(method, hamming, scale):
   hr = jnp.ones((3, 32, 48, 2), jnp.bfloat16)
@@ -108,7 +109,8 @@ def test_kspace_loses_what_lies_outside_the_band():
   assert np.abs(up - x).max() > 0.05
 
 
-@pytest.mark.parametrize("method,hamming", [("bicubic", False), ("kspace", False), ("kspace", True)])
+@pytest.mark.parametrize("method,hamming", [("bicubic", False), ("gaussian", False), ("kspace", False),
+                                            ("kspace", True)])
 @pytest.mark.parametrize("scale", [2, 4])
 def test_constant_image_stays_constant(method, hamming, scale):
   hr = jnp.full((2, 40, 24, 1), 0.7, jnp.float32)
@@ -157,3 +159,42 @@ def test_bicubic_matches_pil(scale):
   ref = np.asarray(image.fromarray(x, mode="F").resize((w // scale, h // scale), image.BICUBIC))
   ours = np.asarray(degrade.downsample(_nhwc(x), scale, "bicubic"))[0, :, :, 0]
   np.testing.assert_allclose(ours, ref, atol=TORCH_ATOL)
+
+
+@pytest.mark.parametrize("scale,atol", [(2, 1e-6), (4, 2e-5)])
+def test_gaussian_matches_scikit_image_resize(scale, atol):
+  """`gaussian` is scikit-image's resize(order=3, anti_aliasing=True), border included."""
+  transform = pytest.importorskip("skimage.transform")
+  x = _dipy_slice()
+  ref = transform.resize(x, (x.shape[0] // scale, x.shape[1] // scale), order=3, anti_aliasing=True,
+                         mode="reflect", clip=False)
+  ours = np.asarray(degrade.downsample(_nhwc(x), scale, method="gaussian"))[0, :, :, 0]
+  np.testing.assert_allclose(ours, ref, atol=atol)
+  # Not the project's bicubic under another name: the two LR models differ visibly.
+  assert np.abs(ours - np.asarray(degrade.downsample(_nhwc(x), scale))[0, :, :, 0]).max() > 0.01
+
+
+def test_random_downsample_draws_each_family_per_example():
+  x = jnp.asarray(np.repeat(_nhwc(_dipy_slice()), 64, axis=0))
+  lr = np.asarray(degrade.random_downsample(x, 2, jax.random.key(3),
+                                            weights={"bicubic": 1, "gaussian": 1, "kspace": 1}))
+  ref = {m: np.asarray(degrade.downsample(x[:1], 2, m))[0] for m in degrade.METHODS}
+  which = [[m for m in ref if np.abs(lr[i] - ref[m]).max() < 1e-5] for i in range(len(lr))]
+  assert all(len(w) == 1 for w in which)          # every example is exactly one of the three
+  counts = {m: sum(w == [m] for w in which) for m in ref}
+  assert all(c >= 10 for c in counts.values()), counts
+  # Deterministic in the key, different for another key.
+  again = degrade.random_downsample(x, 2, jax.random.key(3), weights={"bicubic": 1, "gaussian": 1, "kspace": 1})
+  np.testing.assert_array_equal(lr, np.asarray(again))
+  # Jittered kernels and noise: not any of the fixed LR models any more, still non-negative.
+  noisy = np.asarray(degrade.random_downsample(x, 2, jax.random.key(3), weights={"gaussian": 1},
+                                               sigma_jitter=0.5, noise_std=0.02))
+  assert noisy.min() >= 0 and np.abs(noisy - ref["gaussian"]).max(axis=(1, 2, 3)).min() > 1e-3
+
+
+def test_random_downsample_bad_weights():
+  x = jnp.zeros((2, 16, 16, 1))
+  with pytest.raises(ValueError, match="unknown degradations"):
+    degrade.random_downsample(x, 2, jax.random.key(0), weights={"lanczos": 1.0})
+  with pytest.raises(ValueError, match="at least one > 0"):
+    degrade.random_downsample(x, 2, jax.random.key(0), weights={"bicubic": 0.0})

@@ -157,3 +157,33 @@ def test_bf16_runs():
   vd = disc16.init(jax.random.key(0), y, train=False)
   logits = disc16.apply(vd, y, train=False)
   assert logits.dtype == jnp.float32 and np.isfinite(np.asarray(logits)).all()
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+@pytest.mark.parametrize("norm", ["batch", "none"])
+def test_residual_generator_starts_at_bicubic(scale, norm):
+  """Untrained, residual=True gives exactly bicubic(LR), in train and eval mode (deviation row 27)."""
+  from mrsr_jax.data import degrade
+  gen = SRGenerator(scale, residual=True, norm=norm, **SMALL_G)
+  x = _lr(16, 20, batch=3)
+  variables = gen.init(jax.random.key(1), x, train=False)
+  bicubic = np.asarray(degrade.upsample_bicubic(x, scale))
+  eval_out = gen.apply(variables, x, train=False)
+  train_out, _ = gen.apply(variables, x, train=True, mutable=["batch_stats"])
+  np.testing.assert_array_equal(np.asarray(eval_out), bicubic)
+  np.testing.assert_array_equal(np.asarray(train_out), bicubic)
+  # ... and it is not frozen there: the output conv gets gradient at step 0.
+  def loss(p):
+    y, _ = gen.apply({**variables, "params": p}, x, train=True, mutable=["batch_stats"])
+    return jnp.mean(jnp.abs(y - 0.5))
+  g = jax.grad(loss)(variables["params"])
+  assert float(jnp.abs(g["conv_out"]["kernel"]).max()) > 0
+
+
+def test_norm_none_has_no_batchnorm():
+  gen = SRGenerator(2, residual=True, norm="none", **SMALL_G)
+  variables = gen.init(jax.random.key(0), _lr(8), train=False)
+  assert set(variables) == {"params"}
+  assert "bias" in variables["params"]["res_0"]["conv1"]
+  with pytest.raises(ValueError, match="norm must be 'batch' or 'none'"):
+    SRGenerator(2, norm="layer", **SMALL_G).init(jax.random.key(0), _lr(8), train=False)

@@ -54,22 +54,32 @@ def pixel_shuffle(x: jax.Array, r: int) -> jax.Array:
   return x.reshape(b, h * r, w * r, c)
 
 
+def _norm(kind: str, train: bool, name: str, kw: dict):
+  """BatchNorm (SRGAN, the paper's App. E) or nothing (EDSR: BN costs SR accuracy, see docs)."""
+  if kind == "batch":
+    return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS, name=name, **kw)
+  if kind == "none":
+    return lambda x: x
+  raise ValueError(f"SRGenerator: norm must be 'batch' or 'none', got {kind!r}")
+
+
 class ResidualBlock(nn.Module):
-  """conv3x3-BN-ReLU-conv3x3-BN plus identity (SRGAN's B residual blocks)."""
+  """conv3x3-BN-ReLU-conv3x3-BN plus identity (SRGAN's B residual blocks); norm="none" drops the BNs."""
   features: int = 64
+  norm: str = "batch"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    bn = dict(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS, **kw)
     # No conv bias before BatchNorm: BN's mean subtraction cancels it (its true gradient is 0, so it
     # would only drift on round-off).
-    y = Conv(self.features, (3, 3), padding="SAME", use_bias=False, name="conv1", **kw)(x)
-    y = nn.relu(nn.BatchNorm(name="bn1", **bn)(y))
-    y = Conv(self.features, (3, 3), padding="SAME", use_bias=False, name="conv2", **kw)(y)
-    return x + nn.BatchNorm(name="bn2", **bn)(y)
+    bias = self.norm != "batch"
+    y = Conv(self.features, (3, 3), padding="SAME", use_bias=bias, name="conv1", **kw)(x)
+    y = nn.relu(_norm(self.norm, train, "bn1", kw)(y))
+    y = Conv(self.features, (3, 3), padding="SAME", use_bias=bias, name="conv2", **kw)(y)
+    return x + _norm(self.norm, train, "bn2", kw)(y)
 
 
 class SRGenerator(nn.Module):
@@ -80,6 +90,8 @@ class SRGenerator(nn.Module):
   # Learn the residual over bicubic upsampling of the input (VDSR's global skip): the output starts
   # at the bicubic baseline instead of at zero. False is SRGAN's plain output.
   residual: bool = False
+  # "batch": SRGAN's BatchNorm in every block (App. E). "none": EDSR's blocks without it.
+  norm: str = "batch"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -95,14 +107,20 @@ class SRGenerator(nn.Module):
     x = nn.relu(Conv(f, (9, 9), padding="SAME", name="conv_in", **kw)(x))
     skip = x
     for i in range(self.num_blocks):
-      x = ResidualBlock(f, name=f"res_{i}", **kw)(x, train=train)
-    x = Conv(f, (3, 3), padding="SAME", use_bias=False, name="conv_mid", **kw)(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS, name="bn_mid", **kw)(x)
+      x = ResidualBlock(f, norm=self.norm, name=f"res_{i}", **kw)(x, train=train)
+    x = Conv(f, (3, 3), padding="SAME", use_bias=self.norm != "batch", name="conv_mid", **kw)(x)
+    x = _norm(self.norm, train, "bn_mid", kw)(x)
     x = x + skip  # the long skip of Fig. 6
     for i in range(int(math.log2(self.scale))):
       x = Conv(4 * f, (3, 3), padding="SAME", name=f"up_{i}", **kw)(x)
       x = nn.relu(pixel_shuffle(x, 2))
-    out = Conv(1, (9, 9), padding="SAME", name="conv_out", **kw)(x).astype(jnp.float32)
+    # Residual: the output conv starts at zero, so the untrained generator *is* the bicubic baseline
+    # in train and eval mode alike (BatchNorm's train/eval difference never reaches the output until
+    # the model has learnt something) and training can only move away from bicubic by improving the
+    # loss. Its kernel still gets gradient from step 0 (the activations before it are not zero), and
+    # the layers below it from step 1 on. (Zero-initialised last layers: Goyal et al. 2017, Fixup.)
+    init = dict(kernel_init=nn.initializers.zeros) if self.residual else {}
+    out = Conv(1, (9, 9), padding="SAME", name="conv_out", **init, **kw)(x).astype(jnp.float32)
     if self.residual:
       out = out + degrade.upsample_bicubic(lr, self.scale)
     return out

@@ -14,6 +14,7 @@ from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+import optax
 from absl import logging
 
 from mrsr_jax import features, losses
@@ -28,7 +29,31 @@ def generator(config) -> srgan.SRGenerator:
 
 
 def make_lr(config, hr: jax.Array) -> jax.Array:
+  """The LR input as evaluation and prediction make it: the config's one degradation."""
   return degrade.downsample(hr, config.scale, method=config.degradation, hamming=config.hamming)
+
+
+LR_FAMILIES = ("bicubic", "gaussian", "kspace")
+
+
+def lr_mix(config) -> dict[str, float]:
+  """The training LR-model weights {family: weight > 0}, or {} for "the config's degradation only"."""
+  mix = config.sr.get("lr_mix", None)
+  if mix is None:
+    return {}
+  return {f: float(mix.get(f, 0.0)) for f in LR_FAMILIES if float(mix.get(f, 0.0)) > 0.0}
+
+
+def make_train_lr(config, hr: jax.Array, rng: jax.Array) -> jax.Array:
+  """The LR input of a training step: `make_lr`'s, or one drawn per example from `sr.lr_mix`."""
+  weights = lr_mix(config)
+  if not weights:
+    return make_lr(config, hr)
+  mix = config.sr.lr_mix
+  return degrade.random_downsample(hr, config.scale, rng, weights=weights,
+                                   sigma_jitter=float(mix.get("sigma_jitter", 0.0)),
+                                   hamming_prob=float(mix.get("hamming_prob", 0.0)),
+                                   noise_std=float(mix.get("noise_std", 0.0)))
 
 
 # A user loss term: fn(*, sr, hr, lr, feats_sr, feats_target) -> scalar, added to L_SR with a weight.
@@ -49,9 +74,37 @@ class SRStage(loop.Stage):
     self.gen = generator(config)
     self.disc = srgan.SRDiscriminator(features=self.cfg.disc_features, dtype=self.dtype)
     self.which = features.needed(self.cfg.loss)
-    tx = make_optimizer(self.cfg.learning_rate, b1=self.cfg.b1, b2=self.cfg.b2,
+    self._total_steps: int | None = None
+    tx = make_optimizer(self._learning_rate, b1=self.cfg.b1, b2=self.cfg.b2,
                         weight_decay=self.cfg.weight_decay, grad_clip_norm=config.grad_clip_norm)
     self.txs = {"gen": tx, "disc": tx}
+
+  # -- learning-rate schedule ---------------------------------------------------------------------
+  def num_steps(self, info) -> int:
+    # The cosine schedule decays over the whole stage: remember its length (known once the loop has
+    # read the dataset info, before anything is compiled).
+    self._total_steps = super().num_steps(info)
+    return self._total_steps
+
+  def _learning_rate(self, count: jax.Array) -> jax.Array:
+    """`sr.lr_schedule`: "constant" (after `sr.warmup_steps` of linear warm-up) or "cosine" decay to
+    1% over the stage. Warm-up matters here: Adam's first steps move every weight by about the
+    learning rate, which at 1e-3 throws the zero-initialised output conv far off bicubic and makes
+    short runs land wherever that jolt left them."""
+    peak = self.cfg.learning_rate
+    warmup = int(self.cfg.get("warmup_steps", 0))
+    kind = self.cfg.get("lr_schedule", "constant")
+    if kind == "constant":
+      sched = optax.constant_schedule(peak) if warmup <= 0 else optax.join_schedules(
+          [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup])
+    elif kind == "cosine":
+      if self._total_steps is None:
+        raise RuntimeError("SRStage: the cosine schedule needs the stage length; call num_steps(info) first")
+      sched = optax.warmup_cosine_decay_schedule(0.0, peak, max(warmup, 1), max(self._total_steps, warmup + 1),
+                                                 end_value=0.01 * peak)
+    else:
+      raise ValueError(f"sr.lr_schedule must be 'constant' or 'cosine', got {kind!r}")
+    return sched(count)
 
   def init(self, rng):
     k_g, k_d = jax.random.split(rng)
@@ -59,8 +112,9 @@ class SRStage(loop.Stage):
     lr = jnp.zeros((1, m // self.config.scale, m // self.config.scale, 1), jnp.float32)
     g = self.gen.init(k_g, lr, train=False)
     d = self.disc.init(k_d, jnp.zeros((1, m, m, 1), jnp.float32), train=False)
+    # A generator with norm="none" has no BatchNorm statistics: its entry is an empty dict.
     return TrainState.create({"gen": g["params"], "disc": d["params"]}, self.txs,
-                             {"gen": g["batch_stats"], "disc": d["batch_stats"]})
+                             {"gen": g.get("batch_stats", {}), "disc": d["batch_stats"]})
 
   # -- frozen feature extractors ------------------------------------------------------------------
   def features_workdir(self) -> str:
@@ -82,7 +136,7 @@ class SRStage(loop.Stage):
     if train:
       sr, upd = self.gen.apply({"params": params, "batch_stats": stats}, lr, train=True,
                                mutable=["batch_stats"])
-      return sr.astype(jnp.float32), upd["batch_stats"]
+      return sr.astype(jnp.float32), upd.get("batch_stats", {})
     sr = self.gen.apply({"params": params, "batch_stats": stats}, lr, train=False)
     return sr.astype(jnp.float32), stats
 
@@ -94,7 +148,7 @@ class SRStage(loop.Stage):
   def update(self, state, batch, rng, frozen):
     cfg = self.cfg.loss
     hr = batch["hr"].astype(jnp.float32)
-    lr = make_lr(self.config, hr)
+    lr = make_train_lr(self.config, hr, jax.random.fold_in(rng, 0x1a))
     target = degrade.upsample_bicubic(lr, self.config.scale) if cfg.feature_target == "lr" else hr
     feats_target = jax.lax.stop_gradient(features.extract(self.config, frozen, target, self.which))
     p, s = state.params, state.batch_stats
