@@ -1,0 +1,51 @@
+"""The SR recipe learns: a short real training run beats bicubic on held-out real subjects.
+
+The bundled sample holds out whole IXI subjects (val IXI015, test IXI014: real scanner data the model
+never trains on). A tiny generator trained for a couple of hundred steps through the real stage, loop
+and evaluation code must beat the bicubic baseline on them in the report's convention (per-volume
+PSNR, data range = the HR volume's maximum). Nothing else in the suite would notice a recipe that
+runs but does not learn: an output layer that starts off the baseline, a learning rate that throws the
+model off in its first steps, a loss that pulls it back to bicubic.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import tiny_config
+
+# Measured on 2 CPU cores (jax 0.10.2): +0.63 dB after these 200 steps at 2x. The code before this
+# test (output conv not zero-initialised, constant learning rate without warm-up) ends at -0.16 dB
+# with the same test, and fails it.
+MARGIN_DB = 0.3
+
+
+@pytest.fixture(scope="module")
+def learnt(sample_data_dir, tmp_path_factory):
+  from mrsr_jax import evaluate
+  from mrsr_jax.train import pipeline
+  config = tiny_config(sample_data_dir)
+  config.stages = ("sr",)
+  config.crop_size = 32
+  config.checkpoint_every_steps = 1000
+  config.image_every_steps = 0
+  config.log_every_steps = 50
+  config.sr.model.update(num_blocks=2, features=16)
+  config.sr.update(batch_size=8, num_steps=200, learning_rate=1e-3, lr_schedule="cosine", warmup_steps=20)
+  # The pixel term only: no ViT / AE checkpoints are needed, and it is the term that learns fastest.
+  config.sr.loss.update(adv_weight=0.0, lambda_vit=0.0, lambda_str=0.0, lambda_tex=0.0)
+  config.eval.update(size=128, batch_size=16, lr_models=("bicubic",), num_figure_slices=0)
+  workdir = str(tmp_path_factory.mktemp("learns"))
+  pipeline.train(config, workdir)
+  return evaluate.evaluate(config, workdir)
+
+
+def test_short_run_beats_bicubic_on_held_out_real_subjects(learnt):
+  report = learnt
+  ours, bicubic = report["results"]["ours"], report["results"]["bicubic"]
+  assert set(ours) == {"sample/T1"}                    # the held-out IXI subject(s)
+  cell = ours["sample/T1"]
+  assert cell["num_volumes"] >= 1 and cell["num_slices"] >= 32
+  gain = cell["psnr"] - bicubic["sample/T1"]["psnr"]
+  assert gain >= MARGIN_DB, f"PSNR gain over bicubic {gain:+.2f} dB < {MARGIN_DB} dB"
+  assert cell["ssim"] > bicubic["sample/T1"]["ssim"]
