@@ -66,8 +66,11 @@ def _real(config, field: str, *, low: float = 0.0, high: float = math.inf, low_o
   ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
   ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
   if not ok:
-    rng = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-    _fail(field, value, f"must be a finite number in {rng}")
+    if math.isinf(high):
+      rng = f"{'>' if low_open else '>='} {low:g}"
+    else:
+      rng = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    _fail(field, value, f"must be a finite number {rng}")
   return float(value)
 
 
@@ -174,6 +177,12 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
     for weight in ("adv_weight", "lambda_vit", "lambda_str", "lambda_tex", "pixel_weight"):
       _real(config, f"sr.loss.{weight}")
     _choice(config, "sr.loss.feature_target", ("lr", "hr"))
+    if "lr_mix" in config.sr:      # training LR models drawn per example (stage_sr.make_train_lr)
+      for field in config.sr.lr_mix:
+        # Family weights and the noise level are >= 0; a probability and a relative jitter of the
+        # kernel width (1 ± j must stay positive) are at most 1.
+        high = 1.0 if field in ("hamming_prob", "sigma_jitter") else math.inf
+        _real(config, f"sr.lr_mix.{field}", high=high, high_open=field == "sigma_jitter")
     if not isinstance(_get(config, "sr.features_workdir"), str):
       _fail("sr.features_workdir", config.sr.features_workdir, "must be a path (or '' for this workdir)")
 
