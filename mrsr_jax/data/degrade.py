@@ -134,10 +134,10 @@ def _blur_axis(x: jax.Array, kernels: jax.Array, axis: int) -> jax.Array:
   return out
 
 
-def _bspline3(t: jax.Array) -> jax.Array:
-  """The cubic B-spline beta_3(t)."""
-  t = jnp.abs(t)
-  return jnp.where(t < 1, 2.0 / 3.0 - t ** 2 + 0.5 * t ** 3, jnp.where(t < 2, (2.0 - t) ** 3 / 6.0, 0.0))
+def _bspline3(t: float) -> float:
+  """The cubic B-spline beta_3(t), in Python: the taps are constants of the traced computation."""
+  t = abs(t)
+  return 2.0 / 3.0 - t ** 2 + 0.5 * t ** 3 if t < 1 else ((2.0 - t) ** 3 / 6.0 if t < 2 else 0.0)
 
 
 def _spline_prefilter_axis(x: jax.Array, axis: int) -> jax.Array:
@@ -168,7 +168,7 @@ def _spline_decimate_axis(x: jax.Array, scale: int, axis: int) -> jax.Array:
   base = int(offset // 1)
   frac = offset - base
   # Taps at base-1 .. base+2 around each sample point: weights beta_3(frac + 1), beta_3(frac), ...
-  taps = [float(_bspline3(jnp.float32(frac - d))) for d in (-1, 0, 1, 2)]
+  taps = [_bspline3(frac - d) for d in (-1, 0, 1, 2)]
   cp = _mirror_pad(c, 2, axis)
   out = 0.0
   m = n // scale
