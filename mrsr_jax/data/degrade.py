@@ -265,8 +265,8 @@ def random_downsample(hr: jax.Array, scale: int, rng: jax.Array, *, weights: dic
                       noise_std: float = 0.0) -> jax.Array:
   """LR `[B, H/s, W/s, C]` made by a different, randomly drawn LR model for each example.
 
-  For each example: a family from `weights` ({method: relative weight}, methods of `METHODS`); for
-  `gaussian`, a kernel width sigma = (s - 1) / 2 * U(1 - j, 1 + j), j = `sigma_jitter`; for `kspace`, a
+  For each example: a family from `weights` ({method: relative weight}, methods of `METHODS`; `kspace`
+  of the mirror-extended crop, see below); for `gaussian`, a kernel width sigma = (s - 1) / 2 * U(1 - j, 1 + j), j = `sigma_jitter`; for `kspace`, a
   Hamming window with probability `hamming_prob`; then, with `noise_std` > 0, Gaussian noise of a
   standard deviation drawn from U(0, noise_std) (on the [0, 1]-normalised image), the LR magnitude
   kept non-negative. Every family is computed for the whole batch and one is kept per example: at
@@ -300,9 +300,16 @@ def random_downsample(hr: jax.Array, scale: int, rng: jax.Array, *, weights: dic
       jitter = jax.random.uniform(k_sigma, (b,), minval=1.0 - sigma_jitter, maxval=1.0 + sigma_jitter)
       candidates.append(_gaussian_spline_downsample(hr, scale, (scale - 1) / 2.0 * jitter))
     else:
-      plain = _kspace_downsample(hr, scale, hamming=False)
+      # A training crop is a window into a larger field of view: its DFT would wrap the crop's left
+      # edge onto its right one and put ringing along every border that a scanner's LR never has.
+      # The mirror-extended crop is continuous across its borders, so truncating *its* spectrum
+      # rings only at the anatomy's own edges; its top-left block is the crop's LR.
+      ext = jnp.concatenate([hr, jnp.flip(hr, axis=1)], axis=1)
+      ext = jnp.concatenate([ext, jnp.flip(ext, axis=2)], axis=2)
+      lh, lw = hr.shape[1] // scale, hr.shape[2] // scale
+      plain = _kspace_downsample(ext, scale, hamming=False)[:, :lh, :lw]
       if hamming_prob > 0:
-        windowed = _kspace_downsample(hr, scale, hamming=True)
+        windowed = _kspace_downsample(ext, scale, hamming=True)[:, :lh, :lw]
         use = jax.random.bernoulli(k_ham, hamming_prob, (b, 1, 1, 1))
         plain = jnp.where(use, windowed, plain)
       candidates.append(plain)
