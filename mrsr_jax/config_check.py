@@ -177,6 +177,10 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
     for weight in ("adv_weight", "lambda_vit", "lambda_str", "lambda_tex", "pixel_weight"):
       _real(config, f"sr.loss.{weight}")
     _choice(config, "sr.loss.feature_target", ("lr", "hr"))
+    if "lr_schedule" in config.sr:
+      _choice(config, "sr.lr_schedule", ("constant", "cosine"))
+    if "warmup_steps" in config.sr:
+      _int(config, "sr.warmup_steps", min_value=0)
     if "lr_mix" in config.sr:      # training LR models drawn per example (stage_sr.make_train_lr)
       for field in config.sr.lr_mix:
         # Family weights and the noise level are >= 0; a probability and a relative jitter of the
@@ -205,7 +209,17 @@ def as_json_tree(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return json.loads(config.to_json_best_effort())
 
 
-def resumable(field: str) -> bool:
+# Exceptions to RESUMABLE: the SR cosine schedule decays over the stage's whole length, so its steps
+# already taken assumed that length.
+_LENGTH_FIELDS = ("sr.num_steps", "sr.num_epochs")
+RESUMABLE_NOTE = "(sr.num_steps / sr.num_epochs not with sr.lr_schedule='cosine': its decay spans the stage)"
+
+
+def resumable(field: str, recorded: Mapping[str, Any] | None = None,
+              asked: Mapping[str, Any] | None = None) -> bool:
+  if field in _LENGTH_FIELDS and "cosine" in ((recorded or {}).get("sr.lr_schedule"),
+                                              (asked or {}).get("sr.lr_schedule")):
+    return False
   return any(field == p or field.startswith(p + ".") for p in RESUMABLE)
 
 
@@ -285,14 +299,14 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
     if found is not None:
       recorded, source = found
       fields = [f for f in set(recorded) | set(asked)
-                if not resumable(f) and any(concerns(f, s) for s in trained)]
+                if not resumable(f, recorded, asked) and any(concerns(f, s) for s in trained)]
       diff = differences(recorded, asked, fields)
       if diff:
         raise ConfigMismatchError(
             f"{workdir}: this rerun changes how its checkpoints ({', '.join(trained)}) were trained "
             f"({source}): {'; '.join(diff)}. Only these fields may change on a resume: "
-            f"{', '.join(RESUMABLE)}. Pass the workdir's values, use a new --workdir, or delete the "
-            f"stage folders to retrain them.")
+            f"{', '.join(RESUMABLE)} {RESUMABLE_NOTE}. Pass the workdir's values, use a new "
+            f"--workdir, or delete the stage folders to retrain them.")
 
   features_dir = config.sr.get("features_workdir", "") if "sr" in config.stages else ""
   if features_dir and os.path.abspath(features_dir) != os.path.abspath(workdir):

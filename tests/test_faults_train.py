@@ -92,6 +92,8 @@ def test_bad_command_line_is_one_line(capsys, tmp_path, tiny_cli, make_file, ext
     ("--config.sr.loss.feature_target=sr", r"config.sr.loss.feature_target = 'sr'"),
     ("--config.sr.learning_rate=nan", r"config.sr.learning_rate = nan: must be a finite number"),
     ("--config.dtype=int8", r"config.dtype = 'int8': must be one of 'float32', 'bfloat16'"),
+    ("--config.sr.lr_schedule=linear", r"config.sr.lr_schedule = 'linear': must be one of 'constant', "
+                                       r"'cosine'"),
     ("--config.stages=('sr','vit')", r"config.stages = \('sr', 'vit'\): must keep the pipeline order"),
 ])
 def test_invalid_field_stops_before_any_stage_trains(capsys, tmp_path, tiny_cli, override, message):
@@ -148,12 +150,27 @@ def test_rerun_with_another_model_stops_before_touching_anything(capsys, trained
     os.remove(os.path.join(workdir, "config.json"))
   before = snapshot(workdir)
   rc, lines = cli(capsys, *tiny_cli, f"--workdir={workdir}", "--config.sr.model.features=16",
-                  "--config.scale=4", "--config.sr.num_steps=8")
+                  "--config.scale=4", "--config.log_every_steps=1")
   assert rc == 2 and len(lines) == 1, lines
   assert "scale: 2 in the workdir, 4 asked; sr.model.features: 8 in the workdir, 16 asked." in lines[0]
-  assert "sr.num_steps" not in lines[0].split(". Only")[0]       # a resumable field is not a difference
+  assert "log_every_steps" not in lines[0].split(". Only")[0]    # a resumable field is not a difference
   assert "Only these fields may change on a resume: data_dir, stages" in lines[0]
   assert snapshot(workdir) == before                    # config.json and every checkpoint untouched
+
+
+def test_cosine_schedule_fixes_the_sr_length(capsys, trained_copy, tiny_cli):
+  """A cosine decay spans the stage: its steps already taken assumed that length."""
+  _, workdir = trained_copy
+  path = os.path.join(workdir, "config.json")
+  recorded = json.load(open(path))
+  recorded["sr"]["lr_schedule"] = "cosine"
+  with open(path, "w") as f:
+    json.dump(recorded, f)
+  rc, lines = cli(capsys, *tiny_cli, f"--workdir={workdir}", "--config.sr.lr_schedule=cosine",
+                  "--config.sr.num_steps=8")
+  assert rc == 2 and len(lines) == 1, lines
+  assert "changes how its checkpoints (vit, ae, sr) were trained" in lines[0]
+  assert "sr.num_steps: 4 in the workdir, 8 asked." in lines[0]
 
 
 def test_rerun_changing_only_resumable_fields_resumes(capsys, trained_copy, tiny_cli, sample_data_dir,

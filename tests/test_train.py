@@ -11,6 +11,7 @@ import pytest
 from conftest import tiny_config
 
 from mrsr_jax import sharding
+from mrsr_jax.data import records
 from mrsr_jax.train import checkpoints, loop, pipeline
 from mrsr_jax.train.stage_sr import SRStage
 
@@ -61,16 +62,24 @@ def metric_steps(workdir, stage="sr", key="sr/g_total"):
     return [r["step"] for r in map(json.loads, f) if key in r]
 
 
-def test_resume_equals_uninterrupted(trained, tmp_path, caplog):
+def test_resume_equals_uninterrupted(trained, tmp_path, caplog, monkeypatch):
   config, workdir, states = trained
-  # Same run, stopped after 2 SR steps (a checkpoint every 2 steps), then restarted to the end.
+  # Same run, crashed after 2 SR steps (a checkpoint every 2 steps), then rerun to the end.
   config2 = tiny_config(config.data_dir, features_workdir=workdir)
   config2.stages = ("sr",)
   resumed_dir = str(tmp_path / "resumed")
-  config2.sr.num_steps = 2
-  pipeline.train(config2, resumed_dir)
+  all_batches = loop.train_iterator
+
+  def two_batches(*args, **kwargs):
+    batches = all_batches(*args, **kwargs)
+    yield next(batches)
+    yield next(batches)
+
+  monkeypatch.setattr(loop, "train_iterator", two_batches)
+  with pytest.raises(RuntimeError, match=r"\[sr\] the training data ran out at step 2"):
+    pipeline.train(config2, resumed_dir)
+  monkeypatch.setattr(loop, "train_iterator", all_batches)
   first = os.stat(os.path.join(resumed_dir, "sr", "checkpoints", "2")).st_mtime_ns
-  config2.sr.num_steps = config.sr.num_steps
   caplog.set_level(logging.INFO, logger="absl")
   caplog.clear()
   final = pipeline.train(config2, resumed_dir)["sr"]
@@ -101,7 +110,8 @@ def test_nan_guard_never_saves_nonfinite_state(trained, tmp_path, monkeypatch, e
   config, workdir, _ = trained
 
   def nan_after_two_updates(learning_rate, **unused):
-    return optax.adam(lambda count: jnp.where(count < 2, learning_rate, jnp.nan))
+    lr = learning_rate if callable(learning_rate) else (lambda count: learning_rate)
+    return optax.adam(lambda count: jnp.where(count < 2, lr(count), jnp.nan))
 
   monkeypatch.setattr(stage_sr, "make_optimizer", nan_after_two_updates)
   bad = tiny_config(config.data_dir, features_workdir=workdir, num_steps=6)
@@ -124,6 +134,7 @@ def test_same_update_on_one_and_eight_devices(trained):
   config, workdir, _ = trained
   assert jax.device_count() == 8, "tests run with 8 emulated CPU devices (conftest.py)"
   stage = SRStage(config, workdir)
+  stage.num_steps(records.read_info(loop.dataset_dir(config)))   # as train_stage does (LR schedule)
   rng = jax.random.key(0)
   batch_np = next(loop.train_iterator(stage, config, 0, sharding.make_mesh(jax.devices()[:1])))
   batch_np = jax.device_get(batch_np)
