@@ -64,7 +64,8 @@ def _real(config, field: str, *, low: float = 0.0, high: float = math.inf, low_o
           high_open: bool = False) -> float:
   value = _get(config, field)
   ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-  ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+  ok = (ok and (value > low if low_open else value >= low)
+        and (value < high if high_open else value <= high))
   if not ok:
     if math.isinf(high):
       rng = f"{'>' if low_open else '>='} {low:g}"
@@ -212,7 +213,8 @@ def as_json_tree(config: ml_collections.ConfigDict) -> dict[str, Any]:
 # Exceptions to RESUMABLE: the SR cosine schedule decays over the stage's whole length, so its steps
 # already taken assumed that length.
 _LENGTH_FIELDS = ("sr.num_steps", "sr.num_epochs")
-RESUMABLE_NOTE = "(sr.num_steps / sr.num_epochs not with sr.lr_schedule='cosine': its decay spans the stage)"
+RESUMABLE_NOTE = ("(sr.num_steps / sr.num_epochs not with sr.lr_schedule='cosine': its decay spans "
+                  "the stage)")
 
 
 def resumable(field: str, recorded: Mapping[str, Any] | None = None,

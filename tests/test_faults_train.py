@@ -158,6 +158,17 @@ def test_rerun_with_another_model_stops_before_touching_anything(capsys, trained
   assert snapshot(workdir) == before                    # config.json and every checkpoint untouched
 
 
+def test_corrupt_config_json_is_reported_not_replaced(capsys, trained_copy, tiny_cli):
+  _, workdir = trained_copy
+  path = os.path.join(workdir, "config.json")
+  with open(path, "w") as f:
+    f.write('{"scale": 2,')                 # cut short
+  rc, lines = cli(capsys, *tiny_cli, f"--workdir={workdir}")
+  assert rc == 2 and len(lines) == 1, lines
+  assert f"{path}: not valid JSON" in lines[0] and "restore it, or use a new workdir" in lines[0]
+  assert open(path).read() == '{"scale": 2,'
+
+
 def test_cosine_schedule_fixes_the_sr_length(capsys, trained_copy, tiny_cli):
   """A cosine decay spans the stage: its steps already taken assumed that length."""
   _, workdir = trained_copy
@@ -198,7 +209,8 @@ def test_sr_against_features_of_another_model_stops_at_start(capsys, trained, ti
   rc, lines = cli(capsys, *tiny_cli, f"--workdir={workdir}", "--config.stages=('sr',)",
                   f"--config.sr.features_workdir={features}", "--config.vit.model.hidden_size=64")
   assert rc == 2 and len(lines) == 1, lines
-  assert f"sr.features_workdir {features}: its vit and ae stage(s) were trained with another model" in lines[0]
+  assert (f"sr.features_workdir {features}: its vit and ae stage(s) were trained with another model"
+          in lines[0])
   assert "vit.model.hidden_size: 32 there, 64 asked" in lines[0]
   assert not workdir.exists()
 

@@ -191,7 +191,8 @@ def init_state(stage: Stage, mesh) -> tuple[TrainState, Any]:
 @jax.jit
 def _finite_leaves(tree) -> jax.Array:
   """One bool per floating-point leaf of `tree`: all its values finite (one fused reduction)."""
-  flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+           if jnp.issubdtype(x.dtype, jnp.inexact)]
   return jnp.stack(flags) if flags else jnp.ones((0,), bool)
 
 
