@@ -69,7 +69,8 @@ def test_loss_breakdown_equals_sr_generator_loss_by_hand(trained):
   state = states["sr"]
   got = api.loss_breakdown(config, batch, frozen, state, extra_losses={"edge": (2.0, edge_loss)})
 
-  # By hand: the generator and discriminator in inference mode, features of SR and of bicubic(LR).
+  # By hand: the generator and discriminator in inference mode, features of SR and of the config's
+  # feature target (bicubic(LR) for the paper's "lr", the HR slice for "hr").
   hr = jnp.asarray(batch["hr"])
   lr = degrade.downsample(hr, config.scale)
   sr = srgan.SRGenerator(scale=config.scale, **config.sr.model).apply(
@@ -78,7 +79,8 @@ def test_loss_breakdown_equals_sr_generator_loss_by_hand(trained):
       {"params": state.params["disc"], "batch_stats": state.batch_stats["disc"]}, sr, train=False)
   which = {"vit", "z_s", "z_t"}
   feats_sr = features.extract(config, frozen, sr, which)
-  feats_lr = features.extract(config, frozen, degrade.upsample_bicubic(lr, config.scale), which)
+  target = degrade.upsample_bicubic(lr, config.scale) if config.sr.loss.feature_target == "lr" else hr
+  feats_lr = features.extract(config, frozen, target, which)
   total, terms = losses.sr_generator_loss(sr=sr, hr=hr, fake_logits=logits, feats_sr=feats_sr,
                                           feats_target=feats_lr, weights=config.sr.loss)
   edge = float(edge_loss(sr=sr, hr=hr))
@@ -94,9 +96,16 @@ def test_loss_breakdown_equals_sr_generator_loss_by_hand(trained):
   np.testing.assert_allclose(ablated.terms["str"], float(terms["str"]), rtol=2e-4)
   np.testing.assert_allclose(ablated.total, float(total) - config.sr.loss.lambda_str * float(terms["str"])
                              - config.sr.loss.lambda_tex * float(terms["tex"]), rtol=2e-4)
-  # Bicubic is the feature target itself (feature_target="lr"): its feature terms vanish.
+  # The feature target itself has vanishing feature terms: bicubic(LR) with the paper's "lr" target
+  # (why it pulls SR back to the baseline), the HR slice with "hr" (the demo's).
   bic = api.loss_breakdown(config, batch, frozen, state, sr=batch["bicubic"])
-  assert max(abs(bic.terms[k]) for k in ("vit", "str", "tex")) < 1e-4
+  at_target = api.loss_breakdown(config, batch, frozen, state,
+                                 sr=batch["bicubic"] if config.sr.loss.feature_target == "lr" else batch["hr"])
+  assert max(abs(at_target.terms[k]) for k in ("vit", "str", "tex")) < 1e-4
+  lr_target = api.loss_breakdown(api.load_config("tiny", data_dir=config.data_dir,
+                                                 overrides={"sr.loss.feature_target": "lr"}),
+                                 batch, frozen, state, sr=batch["bicubic"])
+  assert max(abs(lr_target.terms[k]) for k in ("vit", "str", "tex")) < 1e-4
   with pytest.raises(ValueError, match="extra loss 'bad' must return a scalar"):
     api.loss_breakdown(config, batch, frozen, state, extra_losses={"bad": (1.0, lambda *, sr, **_: sr)})
   table = api.loss_table({"trained": got, "bicubic": bic})

@@ -99,7 +99,11 @@ class SRStage(loop.Stage):
           [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup])
     elif kind == "cosine":
       if self._total_steps is None:
-        raise RuntimeError("SRStage: the cosine schedule needs the stage length; call num_steps(info) first")
+        # Traced outside the training loop (a notebook, a compile test): the stage's length from the
+        # config, or from the dataset it trains on.
+        from mrsr_jax.data import records
+        self._total_steps = (int(self.cfg.num_steps) if self.cfg.get("num_steps", 0) > 0 else
+                             super().num_steps(records.read_info(loop.dataset_dir(self.config))))
       sched = optax.warmup_cosine_decay_schedule(0.0, peak, max(warmup, 1), max(self._total_steps, warmup + 1),
                                                  end_value=0.01 * peak)
     else:
