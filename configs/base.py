@@ -61,7 +61,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.sr = ml_collections.ConfigDict()
   # residual: the generator adds its output to the bicubic upsampling of its input (see
   # paper_deviations.md); residual=False is SRGAN's plain generator.
-  config.sr.model = ml_collections.ConfigDict(dict(num_blocks=16, features=64, residual=True))
+  # norm: "batch" (SRGAN's BatchNorm, App. E) or "none" (EDSR's blocks); see paper_deviations.md.
+  config.sr.model = ml_collections.ConfigDict(dict(num_blocks=16, features=64, residual=True, norm="batch"))
   config.sr.disc_features = 64
   config.sr.batch_size = 256
   config.sr.num_steps = 0

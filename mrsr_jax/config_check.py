@@ -105,7 +105,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
 
   # What every stage shares.
   scale = _choice(config, "scale", (2, 4))
-  _choice(config, "degradation", ("bicubic", "kspace"))
+  _choice(config, "degradation", ("bicubic", "gaussian", "kspace"))
+  if config.get("hamming", False) and config.degradation != "kspace":
+    _fail("hamming", True, "applies to degradation='kspace' only")
   _choice(config, "hamming", (False, True))
   _choice(config, "dtype", ("float32", "bfloat16"))
   _int(config, "seed", min_value=-2**63)
@@ -174,6 +176,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
     _int(config, "sr.model.num_blocks", min_value=1)
     _int(config, "sr.model.features", min_value=1)
     _choice(config, "sr.model.residual", (False, True))
+    if "norm" in config.sr.model:
+      _choice(config, "sr.model.norm", ("batch", "none"))
     _int(config, "sr.disc_features", min_value=1)
     for weight in ("adv_weight", "lambda_vit", "lambda_str", "lambda_tex", "pixel_weight"):
       _real(config, f"sr.loss.{weight}")

@@ -87,7 +87,9 @@ def test_bad_command_line_is_one_line(capsys, tmp_path, tiny_cli, make_file, ext
     ("--config.ae.num_steps=0", r"config.ae.num_steps = 0: set it, or ae.num_epochs"),
     ("--config.crop_size=36", r"config.crop_size = 36: must be a multiple of 4×scale \(8\)"),
     ("--config.degradation=lanczos", r"config.degradation = 'lanczos': must be one of 'bicubic', "
-                                     r"'kspace'"),
+                                     r"'gaussian', 'kspace'"),
+    ("--config.hamming=True", r"config.hamming = True: applies to degradation='kspace' only"),
+    ("--config.sr.model.norm=layer", r"config.sr.model.norm = 'layer': must be one of 'batch', 'none'"),
     ("--config.vit.pretext=jigsaw", r"config.vit.pretext = 'jigsaw': must be one of"),
     ("--config.sr.loss.feature_target=sr", r"config.sr.loss.feature_target = 'sr'"),
     ("--config.sr.learning_rate=nan", r"config.sr.learning_rate = nan: must be a finite number"),
