@@ -1,0 +1,13 @@
+"""The demo at 4× (configs/demo.py, same data and budget): LR 16×16 crops of 64×64 HR.
+
+  python run.py --config=configs/demo_x4.py --workdir=runs/demo_x4
+  python run.py --config=configs/demo_x4.py --workdir=runs/demo_x4 --mode=eval
+"""
+
+from configs import demo
+
+
+def get_config():
+  config = demo.get_config()
+  config.scale = 4
+  return config
