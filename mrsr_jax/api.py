@@ -166,7 +166,8 @@ def with_loss(config: ml_collections.ConfigDict, loss: str | Mapping[str, float]
 
 # -- data -------------------------------------------------------------------------------------------
 def prepare_sample_data(config_or_data_dir: ml_collections.ConfigDict | str = "data") -> str:
-  """Builds the bundled real-MR sample shards (nilearn / dipy / nibabel volumes) unless already there.
+  """Builds the bundled real-MR sample shards unless already there: six IXI T1 subjects bundled with
+  data_prep (split by subject) plus nilearn / dipy / nibabel volumes for training.
 
   Takes a config (its `data_dir`) or a folder; returns the shard directory `<data_dir>/sample`.
   """
