@@ -9,9 +9,6 @@ test if it is). Cases that only concern files and geometry use bicubic in place 
 
 import hashlib
 import os
-import socket
-import subprocess
-import sys
 
 import h5py
 import jax
@@ -570,34 +567,12 @@ def test_two_processes_write_the_one_process_output(trained, tmp_path):
   ref_out = str(tmp_path / "one_process.nii")
   predict.predict_file(config, workdir, src, ref_out)
 
-  with socket.socket() as sock:
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
+  from tests.test_distributed import run_two_processes
   out = str(tmp_path / "two_processes.nii")
-  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
-             XLA_FLAGS="--xla_force_host_platform_device_count=4", CUDA_VISIBLE_DEVICES="")
-  procs = []
-  for pid in range(2):
-    cmd = [sys.executable, os.path.join(ROOT, "run.py"), f"--config={ROOT}/configs/tiny.py",
-           f"--workdir={workdir}", f"--config.data_dir={config.data_dir}", "--mode=predict",
-           f"--input={src}", f"--output={out}", f"--coordinator_address=127.0.0.1:{port}",
-           "--num_processes=2", f"--process_id={pid}"]
-    log = open(tmp_path / f"proc{pid}.log", "w")
-    procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), log))
-  try:
-    for p, _ in procs:
-      p.wait(timeout=300)
-  except subprocess.TimeoutExpired:
-    for p, _ in procs:
-      p.kill()
-    pytest.fail(f"two-process predict hung; logs in {tmp_path}")
-  finally:
-    for _, log in procs:
-      log.close()
-  for pid, (p, _) in enumerate(procs):
-    assert p.returncode == 0, (tmp_path / f"proc{pid}.log").read_text()[-4000:]
-  assert "wrote" in (tmp_path / "proc0.log").read_text()
-  assert "wrote" not in (tmp_path / "proc1.log").read_text()   # one writer
+  logs = run_two_processes([f"--config={ROOT}/configs/tiny.py", f"--workdir={workdir}",
+                            f"--config.data_dir={config.data_dir}", "--mode=predict", f"--input={src}",
+                            f"--output={out}"], tmp_path, "proc")
+  assert "wrote" in logs[0] and "wrote" not in logs[1]   # one writer
   a, b = nib.load(ref_out), nib.load(out)
   assert a.header.binaryblock == b.header.binaryblock
   # The same rows on the same per-device batch shapes; XLA's CPU threading leaves float32 round-off
