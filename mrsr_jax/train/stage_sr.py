@@ -33,15 +33,12 @@ def make_lr(config, hr: jax.Array) -> jax.Array:
   return degrade.downsample(hr, config.scale, method=config.degradation, hamming=config.hamming)
 
 
-LR_FAMILIES = ("bicubic", "gaussian", "kspace")
-
-
 def lr_mix(config) -> dict[str, float]:
   """The training LR-model weights {family: weight > 0}, or {} for "the config's degradation only"."""
   mix = config.sr.get("lr_mix", None)
   if mix is None:
     return {}
-  return {f: float(mix.get(f, 0.0)) for f in LR_FAMILIES if float(mix.get(f, 0.0)) > 0.0}
+  return {f: float(mix.get(f, 0.0)) for f in degrade.METHODS if float(mix.get(f, 0.0)) > 0.0}
 
 
 def make_train_lr(config, hr: jax.Array, rng: jax.Array) -> jax.Array:
@@ -102,8 +99,8 @@ class SRStage(loop.Stage):
         # Traced outside the training loop (a notebook, a compile test): the stage's length from the
         # config, or from the dataset it trains on.
         from mrsr_jax.data import records
-        self._total_steps = (int(self.cfg.num_steps) if self.cfg.get("num_steps", 0) > 0 else
-                             super().num_steps(records.read_info(loop.dataset_dir(self.config))))
+        self.num_steps({} if self.cfg.get("num_steps", 0) > 0 else
+                       records.read_info(loop.dataset_dir(self.config)))
       sched = optax.warmup_cosine_decay_schedule(0.0, peak, max(warmup, 1), max(self._total_steps, warmup + 1),
                                                  end_value=0.01 * peak)
     else:
