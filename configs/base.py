@@ -90,6 +90,14 @@ def get_config() -> ml_collections.ConfigDict:
       feature_target="lr",   # compare features of y with those of x (paper) or of the HR slice ("hr").
   ))
 
+  # How the SR stage's G and D meet, and how the AE sees SR images: the paper does not say (each is a
+  # row of docs/paper_deviations.md, with the reason for its default).
+  config.sr.gd_update = "simultaneous"  # or "alternating": D steps first, G's loss uses the updated D (SRGAN).
+  config.sr.disc_bn_in_g = "train"      # D's BatchNorm in G's loss: "train" (stats of the all-fake batch),
+                                        # "eval" (D's running stats) or "joint" (D on [HR; SR], as in D's step).
+  config.sr.loss.ae_frame = "ae"        # "ae": SR output and target centre zero-padded to ae.crop_size (the
+                                        # AE's training frame) before the encoder; "sr": the SR crop as it is.
+
   # Evaluation (--mode=eval) and prediction (--mode=predict).
   config.eval = ml_collections.ConfigDict()
   config.eval.split = "test"
