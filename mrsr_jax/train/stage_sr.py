@@ -2,7 +2,8 @@
 
 The LR input is made from the HR crop on device (data/degrade.py), so one shard set serves 2× and
 4× and training, evaluation and prediction share one degradation. Generator and discriminator are
-updated in the same compiled step. The ViT and AE encoder params come from the earlier stages'
+updated in the same compiled step, from the same state (`sr.gd_update="simultaneous"`) or D first and
+G against the updated D (`"alternating"`, SRGAN's order). The ViT and AE encoder params come from the earlier stages'
 checkpoints (only their params) and enter the step as the `frozen` argument: they are outside the
 optimiser and never differentiated.
 """
@@ -146,6 +147,22 @@ class SRStage(loop.Stage):
                                   train=True, mutable=["batch_stats"])
     return logits.astype(jnp.float32), upd["batch_stats"]
 
+  def _fake_logits_for_g(self, params, stats, hr, sr):
+    """D's logits on the SR batch inside G's loss; `sr.disc_bn_in_g` says how D's BatchNorm normalises
+    them: "train" (the all-fake batch's own statistics), "eval" (D's running statistics) or "joint" (D
+    applied to [HR; SR] in train mode, as in D's own step, and the SR half kept). D's statistics move
+    only in D's step, so whatever this pass computes of them is dropped."""
+    mode = self.cfg.get("disc_bn_in_g", "train")
+    if mode == "train":
+      return self._disc(params, stats, sr)[0]
+    if mode == "eval":
+      logits = self.disc.apply({"params": params, "batch_stats": stats}, sr.astype(self.dtype),
+                               train=False)
+      return logits.astype(jnp.float32)
+    if mode == "joint":
+      return jnp.split(self._disc(params, stats, jnp.concatenate([hr, sr]))[0], 2)[1]
+    raise ValueError(f"sr.disc_bn_in_g must be 'train', 'eval' or 'joint', got {mode!r}")
+
   def update(self, state, batch, rng, frozen):
     cfg = self.cfg.loss
     hr = batch["hr"].astype(jnp.float32)
@@ -154,9 +171,9 @@ class SRStage(loop.Stage):
     feats_target = jax.lax.stop_gradient(features.extract(self.config, frozen, target, self.which))
     p, s = state.params, state.batch_stats
 
-    def gen_loss(gen_params):
+    def gen_loss(gen_params, disc_params, disc_stats):
       sr, gen_stats = self._generate(gen_params, s["gen"], lr.astype(self.dtype), train=True)
-      fake_logits, _ = self._disc(p["disc"], s["disc"], sr)   # D's stats move only in its own update
+      fake_logits = self._fake_logits_for_g(disc_params, disc_stats, hr, sr)
       feats_sr = features.extract(self.config, frozen, sr, self.which)
       total, parts = losses.sr_generator_loss(sr=sr, hr=hr, fake_logits=fake_logits,
                                               feats_sr=feats_sr, feats_target=feats_target,
@@ -171,20 +188,35 @@ class SRStage(loop.Stage):
       parts["total"] = total
       return total, (parts, sr, gen_stats)
 
-    _, (parts, sr, gen_stats), g_grads = loop.step_lib.value_and_grad_with_aux(gen_loss, p["gen"])
-
-    def disc_loss(disc_params):
+    def disc_loss(disc_params, sr):
       # One pass over [HR; SR] so BatchNorm sees real and fake together, as a single batch.
       logits, disc_stats = self._disc(disc_params, s["disc"],
                                       jnp.concatenate([hr, jax.lax.stop_gradient(sr)]))
       real, fake = jnp.split(logits, 2)
       return losses.discriminator_loss(real, fake), disc_stats
 
-    d_loss, disc_stats, d_grads = loop.step_lib.value_and_grad_with_aux(disc_loss, p["disc"])
+    order = self.cfg.get("gd_update", "simultaneous")
+    if order == "simultaneous":
+      # Both losses from the state before the step; G's forward pass serves both.
+      _, (parts, sr, gen_stats), g_grads = loop.step_lib.value_and_grad_with_aux(
+          gen_loss, p["gen"], p["disc"], s["disc"])
+      d_loss, disc_stats, d_grads = loop.step_lib.value_and_grad_with_aux(disc_loss, p["disc"], sr)
+      new = state.apply_gradients({"gen": g_grads, "disc": d_grads},
+                                  batch_stats={"gen": gen_stats, "disc": disc_stats})
+    elif order == "alternating":
+      # SRGAN's order: D steps on G's current output, then G's loss is taken against the updated D
+      # (params and running statistics). Costs one more generator forward pass than "simultaneous".
+      sr, _ = self._generate(p["gen"], s["gen"], lr.astype(self.dtype), train=True)
+      d_loss, disc_stats, d_grads = loop.step_lib.value_and_grad_with_aux(disc_loss, p["disc"], sr)
+      mid = state.apply_gradients({"disc": d_grads}, batch_stats={"disc": disc_stats})
+      _, (parts, _, gen_stats), g_grads = loop.step_lib.value_and_grad_with_aux(
+          gen_loss, p["gen"], mid.params["disc"], mid.batch_stats["disc"])
+      new = mid.apply_gradients({"gen": g_grads}, batch_stats={"gen": gen_stats}).replace(
+          step=state.step + 1)        # one training step, whatever the number of optimiser calls
+    else:
+      raise ValueError(f"sr.gd_update must be 'simultaneous' or 'alternating', got {order!r}")
     metrics = {f"g_{k}": v for k, v in parts.items()}
     metrics["d_loss"] = d_loss
-    new = state.apply_gradients({"gen": g_grads, "disc": d_grads},
-                                batch_stats={"gen": gen_stats, "disc": disc_stats})
     return new, metrics
 
   def images(self, state, batch, rng, frozen):
