@@ -98,6 +98,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.sr.loss.ae_frame = "ae"        # "ae": SR output and target centre zero-padded to ae.crop_size (the
                                         # AE's training frame) before the encoder; "sr": the SR crop as it is.
 
+  # Memory per device (docs/distributed.md, "Memory"): a stage's global batch is split evenly over the
+  # devices, and each device's share into microbatches of at most `microbatch_per_device` slices whose
+  # gradients are averaged before the one optimiser update of the step (0: no split). More devices,
+  # fewer microbatches: the same config runs on 1 GPU or 16. `remat` recomputes the activations of the
+  # residual / transformer / modulated-conv blocks in the backward pass instead of storing them.
+  for stage in ("vit", "ae", "sr"):
+    config[stage].microbatch_per_device = 0
+    config[stage].remat = False
+
   # Evaluation (--mode=eval) and prediction (--mode=predict).
   config.eval = ml_collections.ConfigDict()
   config.eval.split = "test"
