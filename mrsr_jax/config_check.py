@@ -34,6 +34,9 @@ RESUMABLE = (
     "ae.num_steps", "ae.num_epochs",
     "sr.num_steps", "sr.num_epochs",
     "eval", "predict",             # used after training only
+    # How a step is computed in memory, not what it computes: they follow the hardware (docs/distributed.md).
+    "vit.microbatch_per_device", "ae.microbatch_per_device", "sr.microbatch_per_device",
+    "vit.remat", "ae.remat", "sr.remat",
 )
 
 # Top-level fields only the SR stage uses (the LR model); other top-level fields concern every stage.
@@ -164,6 +167,10 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
         _real(config, f"{name}.{beta}", high=1.0, high_open=True)
     if "weight_decay" in config[name]:
       _real(config, f"{name}.weight_decay")
+    if "microbatch_per_device" in config[name]:
+      _int(config, f"{name}.microbatch_per_device", min_value=0)
+    if "remat" in config[name]:
+      _choice(config, f"{name}.remat", (False, True))
 
   if "vit" in stages:
     _choice(config, "vit.pretext", ("masked_patch", "classify"))
