@@ -4,6 +4,7 @@
   python run.py --config=configs/sr_ixi_x4.py --workdir=/tmp/ixi_x4 --config.sr.loss.lambda_vit=0
   python run.py --config=configs/demo.py --workdir=/tmp/demo --mode=eval
   python run.py --config=configs/demo.py --workdir=/tmp/demo --mode=predict --input=IN.nii.gz --output=OUT.nii.gz
+  (an existing OUT is never replaced unless --overwrite is given; the input and --reference never are)
 
 Exit status: 0 done; 2 bad input (a flag, the config file or a field of it, a file, a path, a workdir
 trained with another config, a non-finite loss), reported as one line `error: <message>` on stderr;
@@ -34,6 +35,7 @@ flags.DEFINE_string("output", None, "predict: output NIfTI path.")
 flags.DEFINE_string("reference", None, "predict: optional HR volume to score the output against.")
 flags.DEFINE_integer("slice_axis", None, "predict: override the slice axis read from the header.")
 flags.DEFINE_integer("frame", None, "predict: the frame of a 4D input to use.")
+flags.DEFINE_bool("overwrite", False, "predict: replace an existing --output (refused by default).")
 # Multi-process (jax.distributed); on SLURM and similar launchers these are detected automatically.
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
@@ -205,7 +207,8 @@ def run() -> None:
   else:
     from mrsr_jax import predict
     predict.predict_file(config, FLAGS.workdir, FLAGS.input, FLAGS.output,
-                         reference=FLAGS.reference, slice_axis=FLAGS.slice_axis, frame=FLAGS.frame)
+                         reference=FLAGS.reference, slice_axis=FLAGS.slice_axis, frame=FLAGS.frame,
+                         overwrite=FLAGS.overwrite)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

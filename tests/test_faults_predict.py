@@ -362,6 +362,21 @@ def test_cli_reports_one_line_and_exit_2(trained, tmp_path, capsys):
   assert not (tmp_path / "o.nii").exists() and not leftovers(tmp_path)
 
 
+def test_cli_overwrite_flag_replaces_only_the_output(stub, tmp_path, capsys):
+  """--overwrite replaces an existing output; it never lets the output be the input."""
+  config, workdir = stub
+  src = save(tmp_path / "scan.nii", anatomical()[:16, :16, :8])
+  before = digest(src)
+  existing = tmp_path / "exists.nii"
+  existing.write_bytes(b"old result")
+  common = [f"--workdir={workdir}", f"--config.data_dir={config.data_dir}", "--overwrite"]
+  assert run_cli([*common, f"--input={src}", f"--output={existing}"]) == 0
+  assert nib.load(str(existing)).shape[2] == 8
+  assert run_cli([*common, f"--input={src}", f"--output={src}"]) == 2
+  assert "is the input file" in capsys.readouterr().err
+  assert digest(src) == before and not leftovers(tmp_path)
+
+
 # -- geometry -----------------------------------------------------------------------------------------
 def rotation(ax, ay, az) -> np.ndarray:
   cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)
