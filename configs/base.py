@@ -13,6 +13,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Data: shards written by `python -m data_prep --dataset=<dataset> --data_dir=<data_dir>`.
   config.dataset = "ixi"
   config.data_dir = "data"
+  # Which builder config of the TFDS dataset to read (`<data_dir>/<dataset>/<contrast>/`): "" is the
+  # dataset's default, every contrast (ixi: all, fastmri: both); ixi: t1 / t2 / pd; fastmri: pd / fspd.
+  # Built with `python -m data_prep --dataset=<dataset>/<contrast> ...`; the sample has none.
+  config.contrast = ""
   config.scale = 4                  # 2 or 4: LR is made from HR on the fly (mrsr_jax/data/degrade.py).
   config.degradation = "bicubic"    # "bicubic" (the paper's protocol) or "kspace" (MRI-realistic).
   config.hamming = False            # Hamming window on the kept k-space band (degradation="kspace").
