@@ -151,7 +151,8 @@ def make_writer(stage_dir: str, start_step: int = 0) -> metric_writers.MetricWri
 
 
 def dataset_dir(config) -> str:
-  return os.path.join(config.data_dir, config.dataset)
+  """The prepared TFDS dataset the config reads: `<data_dir>/<dataset>[/<contrast>]` (see records)."""
+  return os.path.join(config.data_dir, config.dataset, config.get("contrast", "") or "")
 
 
 def train_iterator(stage: Stage, config, start_step: int, mesh) -> Iterator[dict]:
