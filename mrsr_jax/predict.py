@@ -40,11 +40,11 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from data_prep import volumes
 from mrsr_jax import metrics as metrics_lib
 from mrsr_jax import sharding
 from mrsr_jax.data import degrade
 from mrsr_jax.data import fastmri as fastmri_format
+from mrsr_jax.data import volumes
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 H5_SUFFIXES = (".h5", ".hdf5")
@@ -67,42 +67,8 @@ def load_input(path: str, *, frame: int | None = None) -> tuple[np.ndarray, np.n
     return _load_fastmri(path)
   if not path.endswith(NIFTI_SUFFIXES):
     raise ValueError(f"{path}: not a volume this tool reads (expected .nii, .nii.gz or fastMRI .h5)")
-  return _load_nifti(path, frame)
-
-
-def _load_nifti(path: str, frame: int | None):
-  if os.path.getsize(path) == 0:
-    raise volumes.BadInputError(path, "empty file (0 bytes)")
-  try:
-    img = nib.load(path)
-  except Exception as e:  # nibabel raises many types for broken headers
-    raise volumes.BadInputError(path, f"not a readable NIfTI file ({_why(e)})") from e
-  if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-    raise volumes.BadInputError(path, f"not a NIfTI file (nibabel read it as {type(img).__name__})")
-  dtype = img.get_data_dtype()
-  if dtype.kind not in "biuf" or dtype.fields is not None:
-    raise volumes.BadInputError(path, f"unsupported voxel type {dtype} (a real-valued scalar image is needed)")
-  shape = img.shape
-  if len(shape) == 4:
-    if shape[3] == 1:
-      frame = 0
-    elif frame is None:
-      raise volumes.BadInputError(path, f"a 4D volume {shape}; choose a frame with --frame=N (0..{shape[3] - 1})")
-    elif not 0 <= frame < shape[3]:
-      raise volumes.BadInputError(path, f"--frame={frame} outside 0..{shape[3] - 1}")
-    dataobj = img.dataobj[..., frame]
-  elif len(shape) == 3:
-    dataobj = img.dataobj
-  else:
-    raise volumes.BadInputError(
-        path, f"wrong number of dimensions: expected a 3D volume (or 4D with --frame), got shape {shape}")
-  try:
-    # The proxy applies scl_slope / scl_inter: integer scanner files come back in scanner units.
-    data = np.asarray(dataobj, dtype=np.float32)
-  except Exception as e:  # EOFError, zlib.error, ValueError("buffer too small") ...
-    raise volumes.BadInputError(path, f"truncated or corrupt image data ({_why(e)})") from e
-  volumes.check_volume(data, path)
-  return data, np.asarray(img.affine, np.float64), img.header
+  # The same reading and checks as the training data (data_prep), plus a frame of a 4D file.
+  return volumes.load_nifti(path, frames=True, frame=frame)
 
 
 def _load_fastmri(path: str):
