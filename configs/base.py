@@ -122,5 +122,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.ablation_workdirs = ()    # (name, workdir) pairs of ablation runs to add as rows.
   config.eval.num_figure_slices = 3
   config.predict = ml_collections.ConfigDict()
-  config.predict.batch_size = 16
+  # Slices per generator call; 0: as few calls as memory allows (predict.plan_batches), e.g. a
+  # 256-slice volume in one call on a GPU. A positive value fixes it (a multiple of the devices).
+  config.predict.batch_size = 0
   return config
