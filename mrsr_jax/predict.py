@@ -6,8 +6,11 @@
 The volume is cut into 2D slices along its slice axis (from the header: the axis with the coarsest
 spacing, else the header's slice dimension; `slice_axis` overrides) and normalised exactly as the
 training data: scanner units (scale factor applied) divided by the volume's 99.5th percentile and
-clipped to [0, 1]. The generator super-resolves the clipped slices in fixed-size batches (one jitted
-call shape, so memory stays bounded and nothing recompiles); what the clip removed (the brightest
+clipped to [0, 1]. The generator super-resolves the clipped slices in fixed-size batches (one compiled
+call shape, so nothing recompiles): with `predict.batch_size = 0` (the default) as few calls as
+memory allows (`plan_batches`: the whole volume in one call when XLA's memory figure for it fits
+half the free device memory, which keeps a GPU busy instead of paying a launch and a host round trip
+per small batch), else batches of `predict.batch_size` slices. What the clip removed (the brightest
 0.5% above the percentile, negative values) is added back through bicubic upsampling, so the output
 keeps the input's whole intensity range instead of saturating at the percentile. The result goes back
 to the input's units and is written as float32: super-resolved values are not integers, and an
@@ -272,6 +275,76 @@ def _to_host(x: jax.Array) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
+def _free_memory_per_device(mesh) -> float:
+  """Bytes a generator call may use on each of this process's devices: what the device reports free
+  (accelerators), else the host's available memory (CPU devices share it)."""
+  local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+  stats = local[0].memory_stats() if local else None
+  if stats and stats.get("bytes_limit"):
+    return float(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+  avail = None
+  with contextlib.suppress(OSError, ValueError, StopIteration):
+    with open("/proc/meminfo") as f:
+      avail = 1024.0 * int(next(line for line in f if line.startswith("MemAvailable:")).split()[1])
+  if avail is None:
+    avail = float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+  return avail / max(len(local), 1)
+
+
+def _call_bytes(compiled) -> float | None:
+  """XLA's own per-device figure for one call: arguments + outputs + temporaries (None if unknown)."""
+  mem = compiled.memory_analysis()
+  if mem is None:
+    return None
+  return float(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes)
+
+
+# Share of the free memory one call may plan for: XLA's figure leaves out fragmentation and the
+# runtime's own buffers, and on CPU the host also holds the volume and its result.
+MEMORY_FRACTION = 0.5
+
+
+def plan_batches(apply_fn, slice_hw: tuple[int, int], n_slices: int, mesh, *,
+                 memory_bytes: float | None = None):
+  """(compiled call, batch size) to super-resolve `n_slices` LR slices of `slice_hw` in as few
+  generator calls as memory allows, instead of many small ones.
+
+  One call takes all the slices (rounded up to a multiple of the mesh's devices) if XLA's memory
+  figure for it (`compiled.memory_analysis()`: arguments, outputs, temporaries per device) fits
+  `MEMORY_FRACTION` of a device's free memory (`memory_bytes` overrides the free figure); otherwise
+  the per-slice cost measured on that compile gives the fewest equal calls that fit. Every process
+  takes the smallest batch any of them can afford, so all run the same calls.
+  """
+  apply_fn = apply_fn if hasattr(apply_fn, "lower") else jax.jit(apply_fn)
+  n_dev = mesh.devices.size
+  data_sharding = sharding.data_sharding(mesh)
+  budget = MEMORY_FRACTION * (memory_bytes if memory_bytes is not None else _free_memory_per_device(mesh))
+
+  def compile_for(batch):
+    spec = jax.ShapeDtypeStruct((batch, *slice_hw, 1), np.float32, sharding=data_sharding)
+    return apply_fn.lower(spec).compile()
+
+  per_dev = max(-(-n_slices // n_dev), 1)        # slices each device needs in all
+  compiled = compile_for(per_dev * n_dev)
+  need = _call_bytes(compiled)
+  if need is not None and need > budget and per_dev > 1:
+    # Temporaries grow with the batch; the parameters (in the arguments) do not, so this linear
+    # per-slice figure over-estimates slightly and errs on the safe side.
+    fit = max(int(budget // (need / per_dev)), 1)
+    calls = -(-per_dev // fit)
+    per_dev = -(-per_dev // calls)               # equal calls: the least padding for that many
+  batch = per_dev * n_dev
+  if jax.process_count() > 1:
+    batch = int(np.min(multihost_utils.process_allgather(np.asarray(batch, np.int64))))
+  first = -(-n_slices // n_dev) * n_dev
+  if batch != first:
+    compiled = compile_for(batch)
+  logging.info("predict: %d slices of %s in %d call(s) of %d (XLA's figure %.2f GiB per device for "
+               "%d slices; budget %.2f GiB)", n_slices, slice_hw, -(-n_slices // batch), batch,
+               (need or 0) / 2**30, first, budget / 2**30)
+  return compiled, batch
+
+
 def super_resolve(apply_fn, slices: np.ndarray, batch_size: int, mesh) -> np.ndarray:
   """[S, H, W] -> [S, sH, sW] with fixed-shape batches (the last one padded).
 
@@ -306,7 +379,11 @@ def upsample_volume(apply_fn, data: np.ndarray, axis: int, scale: int, batch_siz
   norm, unit = volumes.robust_normalise(slices, name)
   # Exactly 0 inside [0, 1]: the same float32 division as robust_normalise's.
   excess = slices / np.float32(unit) - norm
-  sr = super_resolve(jax.jit(apply_fn), norm, batch_size, mesh)
+  if batch_size:
+    generate = jax.jit(apply_fn)
+  else:
+    generate, batch_size = plan_batches(apply_fn, norm.shape[1:], norm.shape[0], mesh)
+  sr = super_resolve(generate, norm, batch_size, mesh)
   rows = np.flatnonzero(np.any(excess != 0, axis=(1, 2)))
   if rows.size:
     bicubic = jax.jit(functools.partial(degrade.upsample_bicubic, scale=scale))
@@ -327,7 +404,11 @@ def predict_file(config: ml_collections.ConfigDict, workdir: str, input_path: st
   check_output(output_path, protected=tuple(p for p in (input_path, reference) if p), overwrite=overwrite)
   mesh = mesh or sharding.make_mesh()
   batch = config.predict.batch_size
-  sharding.check_batch_size(batch, mesh)
+  if not isinstance(batch, int) or isinstance(batch, bool) or batch < 0:
+    raise ValueError(f"predict.batch_size: must be 0 (as few generator calls as memory allows) or a "
+                     f"positive multiple of the {mesh.devices.size} devices, got {batch!r}")
+  if batch:
+    sharding.check_batch_size(batch, mesh)
   s = config.scale
   data, _, header = load_input(input_path, frame=frame)
   affine = np.asarray(header.get_best_affine(), np.float64)
