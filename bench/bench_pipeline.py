@@ -21,18 +21,16 @@ from mrsr_jax.data import pipeline  # noqa: E402  (hides GPUs from TF first)
 
 
 def _build_sample(tmp: str) -> str:
-  from data_prep import sample, writer
+  from data_prep import __main__ as data_prep_main
 
-  d = os.path.join(tmp, "sample")
-  sources, bad, notes, config = sample.build(None)
-  writer.write_dataset(d, sources, name="sample", config=config, bad=bad, notes=notes, progress=False,
-                       log=lambda m: None)
-  return d
+  if data_prep_main.main(["--dataset=sample", f"--data_dir={tmp}", "--no_progress"]) != 0:
+    raise SystemExit("building the sample failed (see above)")
+  return os.path.join(tmp, "sample")
 
 
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--dataset_dir", default=None, help="a shard set (<data_dir>/<dataset>); default: build the sample")
+  p.add_argument("--dataset_dir", default=None, help="a prepared dataset (<data_dir>/<dataset>[/<config>]); default: build the sample")
   p.add_argument("--split", default="train")
   p.add_argument("--batch_size", type=int, default=32)
   p.add_argument("--crop_size", type=int, default=64)

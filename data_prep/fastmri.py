@@ -1,6 +1,7 @@
-"""fastMRI knee (.h5) -> slice shards.
+"""fastMRI knee (.h5): reading, checking and splitting the files.
 
-Build:  python -m data_prep --dataset=fastmri --manual_dir=DIR --data_dir=DATA
+Build:  python -m data_prep --dataset=fastmri[/pd|/fspd] --manual_dir=DIR --data_dir=DATA
+        (or `tfds build data_prep/datasets/fastmri --manual_dir=DIR --data_dir=DATA`)
 DIR holds fastMRI knee `.h5` files (singlecoil or multicoil), anywhere below it. Per file:
   * image: `reconstruction_esc` (singlecoil) if present, else `reconstruction_rss` (multicoil), else
     reconstructed from `kspace` (complex [slices, (coils,) H, W]): centred orthonormal 2D inverse FFT
@@ -112,11 +113,12 @@ def _image_dataset(f, path: str):
   return ACQUISITIONS[acq], key, data
 
 
-def check_file(path: str) -> None:
-  """Raises BadInputError unless `path` opens and has a usable image (its structure, not every voxel:
-  multi-coil k-space is too big to read twice; data problems are caught when it is converted)."""
+def check_file(path: str) -> str:
+  """The file's contrast; raises BadInputError unless `path` opens and has a usable image (its
+  structure, not every voxel: multi-coil k-space is too big to read twice; data problems are caught
+  when it is converted)."""
   with _open(path) as f:
-    _image_dataset(f, path)
+    return _image_dataset(f, path)[0]
 
 
 def read_image(path: str) -> tuple[np.ndarray, str, tuple[float, float, float], str]:
@@ -138,13 +140,19 @@ def read_image(path: str) -> tuple[np.ndarray, str, tuple[float, float, float], 
 
 
 def load_file(path: str) -> volumes.Volume:
+  return load_with_orientation(path)[0]
+
+
+def load_with_orientation(path: str) -> tuple[volumes.Volume, str]:
+  """The volume, and "" for its orientation: a fastMRI file has no affine (only matrix sizes and
+  fields of view in its header), so the anatomical direction of rows and columns is unknown."""
   vol, contrast, spacing, _ = read_image(path)
   slices, index, scale = volumes.prepare_slices(vol, TARGET_HW, None, path)
   if not index:
     raise volumes.BadInputError(path, "empty volume (no slice with signal)")
   return volumes.Volume(slices=slices, slice_indices=index, dataset=NAME, contrast=contrast,
                         subject=os.path.splitext(os.path.basename(path))[0], spacing=spacing,
-                        intensity_scale=scale, source=path, plane="coronal")
+                        intensity_scale=scale, source=path, plane="coronal"), ""
 
 
 def _h5_files(root: str) -> list[str]:
@@ -155,12 +163,15 @@ def _h5_files(root: str) -> list[str]:
   return out
 
 
+_CONTRAST: dict[str, str] = {}  # path -> contrast, from the check (the split needs no second read)
+
+
 def check_files(paths: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
   """(good paths, [(path, problem)]) by `check_file`."""
   good, bad = [], []
   for p in paths:
     try:
-      check_file(p)
+      _CONTRAST[p] = check_file(p)
     except volumes.BadInputError as e:
       bad.append((e.path, e.problem))
     else:
@@ -201,10 +212,17 @@ def split_files(manual_dir: str, seed: int = ixi.SPLIT_SEED) -> tuple[dict[str, 
   return split, bad, notes
 
 
-def build(manual_dir: str, *, seed: int = ixi.SPLIT_SEED, progress: bool = False) -> tuple[list[VolumeSource], list[tuple[str, str]], list[str], dict]:
+def build(manual_dir: str, *, seed: int = ixi.SPLIT_SEED, progress: bool = False,
+          contrasts=tuple(ACQUISITIONS.values())) -> tuple[list[VolumeSource], list[tuple[str, str]], list[str], dict]:
+  """(sources, bad, notes, settings) for the builder. The split is dealt among every good file, then
+  `contrasts` are kept, so a file is in the same split in every builder config."""
   split, bad, notes = split_files(manual_dir, seed)
-  nbytes = 4 * TARGET_HW[0] * TARGET_HW[1] * 36
-  sources = [VolumeSource(key=p, split=s, load=lambda p=p: load_file(p), stamp=file_stamp(p), nbytes=nbytes)
+  sources = [VolumeSource(key=p, split=s, load=lambda p=p: load_with_orientation(p), stamp=file_stamp(p),
+                          subject=os.path.splitext(os.path.basename(p))[0], contrast=_CONTRAST[p])
              for p, s in sorted(split.items())]
-  config = {"dataset": NAME, "target_hw": list(TARGET_HW), "seed": seed, "acquisitions": ACQUISITIONS}
-  return sources, bad, notes, config
+  kept = [s for s in sources if s.contrast in contrasts]
+  if len(kept) < len(sources):
+    notes.append(f"contrasts {', '.join(contrasts)}: {len(kept)} of {len(sources)} volumes")
+  settings = {"dataset": NAME, "target_hw": list(TARGET_HW), "acquisitions": ACQUISITIONS,
+              "contrasts": list(contrasts)}
+  return kept, bad, notes, settings

@@ -1,6 +1,8 @@
-"""IXI (brain MRI, T1/T2/PD) -> slice shards, from the files as the download ships them.
+"""IXI (brain MRI, T1/T2/PD): finding, checking and splitting the files as the download ships them.
 
-Build:  python -m data_prep --dataset=ixi --manual_dir=DIR --data_dir=DATA
+Build:  python -m data_prep --dataset=ixi[/t1|/t2|/pd] --manual_dir=DIR --data_dir=DATA
+        (or `tfds build data_prep/datasets/ixi --manual_dir=DIR --data_dir=DATA`; the TFDS builder is
+        `data_prep/datasets/ixi/ixi_dataset_builder.py`)
 DIR holds the IXI NIfTI files `IXI<nnn>-<site>-<nnnn>-<T1|T2|PD>.nii.gz`, extracted anywhere below it,
 and/or the original archives (`IXI-T1.tar`, `IXI-T2.tar`, `IXI-PD.tar`), whose members are read one
 at a time into memory (nothing is extracted to disk). Other IXI files (MRA, DTI) are ignored with a
@@ -266,10 +268,21 @@ def check_files(files: Sequence[IxiFile], *, progress: bool = False) -> tuple[li
 
 def load_file(f: IxiFile, *, dataset: str = NAME, target_hw: Sequence[int] = TARGET_HW,
               max_slices: int | None = MAX_SLICES, resample_mm: float | None = None) -> volumes.Volume:
+  return load_with_orientation(f, dataset=dataset, target_hw=target_hw, max_slices=max_slices,
+                               resample_mm=resample_mm)[0]
+
+
+def load_with_orientation(f: IxiFile, *, dataset: str = NAME, target_hw: Sequence[int] = TARGET_HW,
+                          max_slices: int | None = MAX_SLICES, resample_mm: float | None = None
+                          ) -> tuple[volumes.Volume, str]:
+  """The volume and its slices' orientation (`builder.nifti_orientation`), the file read once."""
+  from data_prep.builder import nifti_orientation
+
   source = read_member(f.path, f.member) if f.member else f.path
-  return volumes.load_volume(
+  vol = volumes.load_volume(
       source, f.key, dataset=dataset, contrast=f.contrast, subject=f.subject,
       target_hw=target_hw, max_slices=max_slices, resample_mm=resample_mm)
+  return vol, nifti_orientation(source, f.key)
 
 
 def make_sources(
@@ -281,32 +294,40 @@ def make_sources(
     max_slices: int | None = MAX_SLICES,
     resample_mm: float | None = None,
 ) -> tuple[list[VolumeSource], list[str]]:
-  """Split `files` by subject and wrap each as a writer `VolumeSource`. Returns (sources, notes)."""
+  """Split `files` by subject and wrap each as a `VolumeSource`. Returns (sources, notes)."""
   contrasts: dict[str, set[str]] = {}
   for f in files:
     contrasts.setdefault(f.subject, set()).add(f.contrast)
   split_of = assign_splits(contrasts, seed)
   sources, unused = [], 0
-  bytes_per_volume = 4 * target_hw[0] * target_hw[1] * (max_slices or 128)
+  target_hw = tuple(target_hw)
   for f in sorted(files, key=lambda f: (f.subject, f.contrast)):
     split = split_of[f.subject, f.contrast]
     if split is None:
       unused += 1
       continue
-    load = lambda f=f: load_file(f, dataset=dataset, target_hw=target_hw, max_slices=max_slices,
-                                 resample_mm=resample_mm)
+    load = lambda f=f: load_with_orientation(f, dataset=dataset, target_hw=target_hw,
+                                             max_slices=max_slices, resample_mm=resample_mm)
     sources.append(VolumeSource(key=f.key, split=split, load=load, stamp=file_stamp(f.path),
-                                nbytes=bytes_per_volume))
+                                subject=f.subject, contrast=f.contrast))
   notes = [f"{unused} volume(s) beyond the 500/70/6 split sizes left unused"] if unused else []
   return sources, notes
 
 
-def build(manual_dir: str, *, seed: int = SPLIT_SEED, progress: bool = False) -> tuple[list[VolumeSource], list[tuple[str, str]], list[str], dict]:
-  """(sources, bad, notes, config) for the writer; bad files are found before the split is dealt."""
+def build(manual_dir: str, *, seed: int = SPLIT_SEED, progress: bool = False,
+          contrasts: Sequence[str] = CONTRASTS) -> tuple[list[VolumeSource], list[tuple[str, str]], list[str], dict]:
+  """(sources, bad, notes, settings) for the builder; bad files are found before the split is dealt.
+
+  The split is dealt among the good files of every contrast, then `contrasts` are kept, so a subject
+  is in the same split in every builder config (ixi/t1 never tests on a subject ixi/all trains on).
+  """
   files, bad, notes = discover(manual_dir)
   files, more_bad = check_files(files, progress=progress)
   bad += more_bad
   sources, more = make_sources(files, seed=seed, target_hw=TARGET_HW, max_slices=MAX_SLICES)
-  config = {"dataset": NAME, "target_hw": list(TARGET_HW), "max_slices": MAX_SLICES, "seed": seed,
-            "split_sizes": SPLIT_SIZES}
-  return sources, bad, notes + more, config
+  kept = [s for s in sources if s.contrast in contrasts]
+  if len(kept) < len(sources):
+    more.append(f"contrasts {', '.join(contrasts)}: {len(kept)} of {len(sources)} volumes")
+  settings = {"dataset": NAME, "target_hw": list(TARGET_HW), "max_slices": MAX_SLICES,
+              "split_sizes": SPLIT_SIZES, "contrasts": list(contrasts)}
+  return kept, bad, notes + more, settings

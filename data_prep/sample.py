@@ -1,6 +1,7 @@
 """The bundled sample: a small real-MR dataset that needs no download (the demo's default).
 
 Build:  python -m data_prep --dataset=sample --data_dir=DATA [--manual_dir=/more/IXI/files]
+        (or `tfds build data_prep/datasets/sample --data_dir=DATA`)
 
 Sources, all real MR, all inside the installed packages:
   * six IXI T1 volumes shipped with data_prep (`data_prep/sample_data/ixi_t1_2mm/`, 2 mm, 120x120x90,
@@ -63,12 +64,17 @@ PACKAGE_VOLUMES = (
 DIPY_SLICE = ("dipy_t1_coronal_slice", "dipy", ("data", "files", "t1_coronal_slice.npy"), "T1")
 
 
-def _load_package_volume(path: str, subject: str, contrast: str, max_slices: int | None) -> volumes.Volume:
-  return volumes.load_volume(path, path, dataset=NAME, contrast=contrast, subject=subject,
-                             target_hw=TARGET_HW, max_slices=max_slices, resample_mm=RESAMPLE_MM)
+def _load_package_volume(path: str, subject: str, contrast: str, max_slices: int | None
+                         ) -> tuple[volumes.Volume, str]:
+  from data_prep.builder import nifti_orientation
+
+  vol = volumes.load_volume(path, path, dataset=NAME, contrast=contrast, subject=subject,
+                            target_hw=TARGET_HW, max_slices=max_slices, resample_mm=RESAMPLE_MM)
+  return vol, nifti_orientation(path, path)
 
 
-def load_dipy_slice(path: str) -> volumes.Volume:
+def load_dipy_slice(path: str) -> tuple[volumes.Volume, str]:
+  """The slice, and "" for its orientation (a bare .npy array: no affine)."""
   try:
     image = np.load(path)
   except Exception as e:
@@ -83,7 +89,7 @@ def load_dipy_slice(path: str) -> volumes.Volume:
     raise volumes.BadInputError(path, "empty slice")
   return volumes.Volume(slices=slices, slice_indices=index, dataset=NAME, contrast=DIPY_SLICE[3],
                         subject=DIPY_SLICE[0], spacing=(2.0, 2.0, 2.0), intensity_scale=scale,
-                        source=path, plane="coronal")
+                        source=path, plane="coronal"), ""
 
 
 def ixi_files(manual_dir: str | None) -> tuple[list[ixi.IxiFile], list[tuple[str, str]], list[str]]:
@@ -112,7 +118,6 @@ def ixi_files(manual_dir: str | None) -> tuple[list[ixi.IxiFile], list[tuple[str
 
 def build(manual_dir: str | None = None, *, seed: int = ixi.SPLIT_SEED, progress: bool = False) -> tuple[list[VolumeSource], list[tuple[str, str]], list[str], dict]:
   sources: list[VolumeSource] = []
-  nbytes = 4 * TARGET_HW[0] * TARGET_HW[1] * 16
   files, bad, notes = ixi_files(manual_dir)
   files, more_bad = ixi.check_files(files, progress=progress)  # before the split: see ixi's docstring
   bad += more_bad
@@ -126,14 +131,15 @@ def build(manual_dir: str | None = None, *, seed: int = ixi.SPLIT_SEED, progress
       notes.append(f"{package} has no {'/'.join(parts)}; {subject} skipped")
       continue
     load = lambda p=path, s=subject, c=contrast, m=max_slices: _load_package_volume(p, s, c, m)
-    sources.append(VolumeSource(key=path, split="train", load=load, stamp=file_stamp(path), nbytes=nbytes))
+    sources.append(VolumeSource(key=path, split="train", load=load, stamp=file_stamp(path), subject=subject,
+                                contrast=contrast))
   path = _package_file(DIPY_SLICE[1], *DIPY_SLICE[2])
   if path is None:
     notes.append(f"dipy has no {'/'.join(DIPY_SLICE[2])}; {DIPY_SLICE[0]} skipped")
   else:
     sources.append(VolumeSource(key=path, split="train", load=lambda p=path: load_dipy_slice(p),
-                                stamp=file_stamp(path), nbytes=nbytes))
-  config = {"dataset": NAME, "target_hw": list(TARGET_HW), "resample_mm": RESAMPLE_MM, "seed": seed,
+                                stamp=file_stamp(path), subject=DIPY_SLICE[0], contrast=DIPY_SLICE[3]))
+  config = {"dataset": NAME, "target_hw": list(TARGET_HW), "resample_mm": RESAMPLE_MM,
             "mni_slices": MNI_SLICES, "ixi_slices": IXI_SLICES, "ixi_volumes": len(ixi_sources),
             "package_volumes": "train"}
   return sources, bad, notes, config

@@ -1,4 +1,5 @@
-"""data_prep on real MR volumes: IXI (archives and extracted), fastMRI (.h5), bad input, interrupted runs.
+"""data_prep on real MR volumes: IXI (archives and extracted), fastMRI (.h5), bad input, interrupted runs;
+the TFDS ways in (`tfds build`, `tfds.load`) and the Beam path.
 
 The volumes are real scans shipped by nibabel / nilearn / dipy, renamed and laid out the way the IXI and
 fastMRI downloads are; the six 2 mm IXI T1 files of shared/data are used when present.
@@ -7,6 +8,7 @@ fastMRI downloads are; the six 2 mm IXI T1 files of shared/data are used when pr
 from __future__ import annotations
 
 import collections
+import dataclasses
 import gzip
 import importlib.util
 import os
@@ -17,10 +19,12 @@ import h5py
 import nibabel as nib
 import numpy as np
 import pytest
-import tensorflow as tf
+import tensorflow_datasets as tfds
 
 from data_prep import __main__ as cli
-from data_prep import fastmri, ixi, volumes, writer
+from data_prep import fastmri, ixi, volumes
+from data_prep.builder import Plan
+from data_prep.datasets import Ixi
 from mrsr_jax.data import records
 
 SHARED_IXI = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "ixi_t1_2mm")
@@ -54,11 +58,7 @@ def _subject_volume(mni2mm, k):
 
 
 def _records(dataset_dir, split):
-  out = []
-  for path in records.list_shards(dataset_dir, split):
-    for raw in tf.data.TFRecordDataset(path):
-      out.append(records.decode_example_numpy(raw))
-  return out
+  return list(records.examples(dataset_dir, split))
 
 
 def _run(argv):
@@ -195,8 +195,7 @@ def test_ixi_from_archive_and_extracted(tmp_path, mni2mm, small_ixi):
   for s, recs in by_split.items():
     assert info["splits"][s]["num_examples"] == len(recs)
     assert sorted(info["splits"][s]["subjects"]) == sorted(subjects[s])
-    assert info["splits"][s]["shard_lengths"] == [
-        sum(1 for _ in tf.data.TFRecordDataset(p)) for p in records.list_shards(d, s)]
+    assert len(records.list_shards(d, s)) == 2 and sum(info["splits"][s]["shard_lengths"]) == len(recs)
   # One volume's slices, bit for bit against the volume helpers and close to plain numpy.
   recs = {(r["subject"], r["contrast"], r["slice_index"]): r for rs in by_split.values() for r in rs}
   vol = ixi.load_file(ixi.IxiFile("IXI102", "T1", "x", str(manual / "IXI-T1.tar"), "IXI102-IOP-1002-T1.nii.gz"),
@@ -212,10 +211,15 @@ def test_ixi_from_archive_and_extracted(tmp_path, mni2mm, small_ixi):
     np.testing.assert_allclose(r["spacing"], [2, 2, 2])
   assert recs["IXI104", "T1", 12]["image"].shape == (64, 64)  # 33x41 anatomical, zero padded
 
-  # A rerun reuses every shard and writes the same set.
-  before = {p: os.path.getmtime(os.path.join(d, p)) for p in os.listdir(d) if p.endswith(".tfrecord")}
+  # Orientation from each file's affine: diagonal (RAS, axial slices) -> "RA"; anatomical.nii is LAS.
+  assert {(r["subject"] == "IXI104", r["orientation"]) for rs in by_split.values() for r in rs} == {
+      (False, "RA"), (True, "LA")}
+  # A rerun with the same inputs reuses the set untouched.
+  v = info["path"]
+  before = {p: os.path.getmtime(os.path.join(v, p)) for p in os.listdir(v)}
   assert _run(["--dataset=ixi", f"--manual_dir={manual}", f"--data_dir={data_dir}", "--num_shards=2"]) == 0
-  assert before == {p: os.path.getmtime(os.path.join(d, p)) for p in os.listdir(d) if p.endswith(".tfrecord")}
+  assert before == {p: os.path.getmtime(os.path.join(v, p)) for p in os.listdir(v)}
+  assert info["path"] == str(data_dir / "ixi" / "all" / "1.0.0")
 
 
 @pytest.mark.skipif(not os.path.isdir(SHARED_IXI), reason="shared/data/ixi_t1_2mm not present (optional real IXI files)")
@@ -226,7 +230,8 @@ def test_ixi_real_download_files(tmp_path):
   assert info["slice_shapes"] == [[240, 240]] and info["labels"] == ["ixi/T1"]
   assert [info["splits"][s]["num_volumes"] for s in ("train", "test", "val")] == [4, 1, 1]
   assert all(0 < info["splits"][s]["num_examples"] <= 90 * info["splits"][s]["num_volumes"] for s in records.SPLITS)
-  vol = records.decode_example_numpy(next(iter(tf.data.TFRecordDataset(records.list_shards(str(tmp_path / "ixi"), "val")))))
+  vol = next(records.examples(str(tmp_path / "ixi"), "val"))
+  assert vol["orientation"] == "PS"  # the 2 mm files are P-S-R, sliced sagittally
   assert vol["image"].shape == (240, 240) and not vol["image"][:60].any()  # padding around 120x120
 
 
@@ -359,45 +364,62 @@ def test_load_volume_messages_name_the_file(tmp_path):
 # interrupted runs
 
 
-def test_interrupted_run_leaves_no_partial_shard_and_rerun_completes(tmp_path, mni2mm):
+def _ixi_manual(tmp_path, mni2mm, n=8):
   manual = tmp_path / "IXI"
   manual.mkdir()
-  for k in range(8):
+  for k in range(n):
     _save(str(manual / f"IXI{300 + k}-HH-{k:04d}-T1.nii.gz"), _subject_volume(mni2mm, k))
-  files, _, _ = ixi.discover(str(manual))
-  sources, _ = ixi.make_sources(files, target_hw=(48, 48), max_slices=6)
-  train = [s for s in sources if s.split == "train"]
-  assert len(train) == 6
-  d = str(tmp_path / "out")
-  os.makedirs(d)
-  # Shard 1 of 2 gets train volumes 1, 3, 5: fail while loading volume 3, mid-shard.
-  crash = train[3]
+  return manual
+
+
+def test_interrupted_build_is_never_read_and_a_rerun_completes(tmp_path, mni2mm, small_ixi):
+  """A build that dies mid-split (any exception) leaves no version folder: TFDS deletes its
+  `incomplete.*` folder, readers say so, and a rerun builds the whole set (TFDS starts over)."""
+  manual = _ixi_manual(tmp_path, mni2mm)
+  out = tmp_path / "out"
+  builder = Ixi(data_dir=str(out))
+  plan = builder.plan(str(manual))
+  crash = [s for s in plan.sources if s.split == "train"][3]
 
   def boom():
     raise RuntimeError("simulated crash")
 
-  broken = [writer.VolumeSource(s.key, s.split, boom, s.stamp) if s is crash else s for s in sources]
+  plan.sources = [dataclasses.replace(s, load=boom) if s is crash else s for s in plan.sources]
   with pytest.raises(RuntimeError, match="simulated crash"):
-    writer.write_dataset(d, broken, name="ixi", num_shards=2, progress=False, log=lambda m: None)
-  left = sorted(os.listdir(d))
-  assert records.INFO_FILE not in left
-  assert not [f for f in left if ".tmp" in f]
-  assert "train-00000-of-00002.tfrecord" in left and "train-00001-of-00002.tfrecord" not in left
-  # A SIGKILLed writer's leftover temp file is cleaned up too.
-  with open(os.path.join(d, "train-00001-of-00002.tfrecord.tmp-99999"), "wb") as f:
-    f.write(b"partial")
-  result = writer.write_dataset(d, sources, name="ixi", num_shards=2, progress=False, log=lambda m: None)
-  assert result.shards_reused >= 1 and result.shards_written >= 1
-  assert not [f for f in os.listdir(d) if ".tmp" in f]
+    cli.prepare(builder, plan)
+  left = [str(p.relative_to(out)) for p in out.rglob("*")]
+  assert not [p for p in left if "1.0.0" in p], left
+  with pytest.raises(FileNotFoundError, match="no prepared dataset"):
+    records.read_info(str(out / "ixi"))
+  assert _run(["--dataset=ixi", f"--manual_dir={manual}", f"--data_dir={out}"]) == 0
+  info = records.read_info(str(out / "ixi"))
   for split in records.SPLITS:
-    keys = [(r["subject"], r["slice_index"]) for r in _records(d, split)]
-    assert len(keys) == len(set(keys)) == result.info["splits"][split]["num_examples"]
-  assert {r["subject"] for r in _records(d, "train")} == {files[i].subject for i in range(8)
-                                                          if any(s.key == files[i].key for s in train)}
-  # Changing the shard count replaces the old set instead of mixing with it.
-  writer.write_dataset(d, sources, name="ixi", num_shards=3, progress=False, log=lambda m: None)
-  assert len(records.list_shards(d, "train")) == 3
-  assert len(_records(d, "train")) == result.info["splits"]["train"]["num_examples"]
+    keys = [(r["subject"], r["slice_index"]) for r in _records(str(out / "ixi"), split)]
+    assert len(keys) == len(set(keys)) == info["splits"][split]["num_examples"] > 0
+  assert sorted(info["splits"]["train"]["subjects"] + info["splits"]["val"]["subjects"]
+                + info["splits"]["test"]["subjects"]) == [f"IXI{300 + k}" for k in range(8)]
+
+
+def test_contrast_configs_share_the_subject_split(tmp_path, mni2mm, small_ixi):
+  """ixi/t1 and ixi/t2 hold only their contrast, with every subject in the split ixi/all gives it."""
+  manual = _ixi_download(tmp_path, mni2mm)
+  out = tmp_path / "out"
+  for config in ("", "/t1", "/t2"):
+    assert _run([f"--dataset=ixi{config}", f"--manual_dir={manual}", f"--data_dir={out}"]) == 0
+  split_of = {}
+  for config, contrasts in (("all", {"T1", "T2"}), ("t1", {"T1"}), ("t2", {"T2"})):
+    d = str(out / "ixi" / config)
+    info = records.read_info(d)
+    assert info["config"] == config and set(info["contrasts"]) == contrasts
+    for s in records.SPLITS:
+      for r in _records(d, s):
+        assert r["contrast"] in contrasts
+        assert split_of.setdefault(r["subject"], s) == s, (config, r["subject"])
+  # The dataset's own folder reads as its default config (all), as config.contrast="" does.
+  assert records.read_info(str(out / "ixi"))["config"] == "all"
+  with pytest.raises(SystemExit) as e:
+    _run(["--dataset=ixi/t9", f"--manual_dir={manual}", f"--data_dir={out}"])
+  assert e.value.code == 2
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 Each bad input is reported by file with its problem and skipped (fatal with --strict), exit codes are
 asserted, usage and path errors are one line without a traceback, and nothing the user had (input
-files, a complete dataset built before) is lost or changed. Real scanner data: the six IXI T1 volumes
-shipped with data_prep (uint8 with a scale factor), copied under IXI download names.
+files, a complete dataset built before) is lost or changed; a killed build is never read as
+complete. Real scanner data: the six IXI T1 volumes shipped with data_prep (uint8 with a scale
+factor), copied under IXI download names.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import h5py
 import nibabel as nib
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from data_prep import __main__ as cli
+from data_prep import builder as builder_lib
 from data_prep import ixi, sample, volumes, writer
 from mrsr_jax.data import pipeline, records
 
@@ -81,7 +82,7 @@ def _real_volume(i=0):
 
 
 def _records(d, split):
-  return [records.decode_example_numpy(r) for p in records.list_shards(d, split) for r in tf.data.TFRecordDataset(p)]
+  return list(records.examples(d, split))
 
 
 def _all_records(d):
@@ -198,8 +199,8 @@ def test_a_split_emptied_while_converting_is_not_marked_complete(tmp_path, capsy
   nib.save(nib.Nifti1Image(rim, affine), str(val_file))
   rc, err = _run(["--dataset=ixi", f"--manual_dir={manual}", f"--data_dir={out}"], capsys)
   last = err.splitlines()[-1]
-  assert rc == 1 and last.startswith("error: split(s) 'val' got no slice") and "not marked complete" in last
-  assert "unchanged" in last
+  assert rc == 1 and last.startswith("error: split 'val' got no slice") and "not marked complete" in last
+  assert "the complete set there before is unchanged" in last
   assert records.read_info(d)["splits"]["val"]["subjects"] == [val_subject]
   assert _all_records(d).keys() == before.keys()
 
@@ -319,7 +320,9 @@ def test_each_malformed_fastmri_file_is_reported_and_skipped(tmp_path, capsys):
   for name in list(faults)[:-1]:
     os.remove(train / name)
   rc, err = _run(["--dataset=fastmri", f"--manual_dir={manual}", f"--data_dir={tmp_path / 'o3'}", "--strict"], capsys)
-  assert rc == 1 and "1 volume(s) failed to load" in err.splitlines()[-1]
+  last = err.splitlines()[-1]
+  assert rc == 1 and last.startswith("error: strict: ") and "file2000009.h5: 1 NaN/Inf voxels" in last
+  assert "not marked complete" in last
   with pytest.raises(FileNotFoundError):
     records.read_info(str(tmp_path / "o3" / "fastmri"))
 
@@ -356,78 +359,80 @@ def test_bad_paths_and_usage_are_one_line_errors(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------------------------
-# a changed shard count (or changed inputs) never removes the complete set before the new one exists
+# changed inputs never remove the complete set before the new one exists
 
 
-def _sources(tmp_path, n=4):
-  manual = _copy_good(tmp_path / "IXI", range(n))
-  files, _, _ = ixi.discover(str(manual))
-  return ixi.make_sources(files, target_hw=HW, max_slices=6)[0]
+def _subject(path):
+  return os.path.basename(path)[:6]
 
 
-def _write(d, sources, num_shards, **kw):
-  return writer.write_dataset(d, sources, name="ixi", num_shards=num_shards, progress=False, log=lambda m: None,
-                              **kw)
+def _dataset_files(d):
+  return _digest(records.read_info(d)["path"])
 
 
 @pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
-def test_new_shard_count_replaces_the_old_set_only_once_complete(tmp_path, monkeypatch, exchange):
+def test_changed_inputs_replace_the_old_set_only_once_complete(tmp_path, monkeypatch, capsys, exchange):
+  """TFDS's own overwrite deletes the complete set first; the front door builds the new one beside it
+  (`.ixi.staging`) and swaps it in when complete. An interrupted rebuild leaves the old set as it was."""
   if not exchange:
     monkeypatch.setattr(writer, "_exchange", lambda a, b: False)
-  d = str(tmp_path / "data" / "ixi")
-  sources = _sources(tmp_path)
-  _write(d, sources, 1)
-  (tmp_path / "data" / "ixi" / "NOTES.md").write_text("the user's notes")
+  manual = _copy_good(tmp_path / "IXI", range(4))
+  out = tmp_path / "data"
+  argv = ["--dataset=ixi", f"--manual_dir={manual}", f"--data_dir={out}"]
+  assert _run(argv, capsys)[0] == 0
+  d = str(out / "ixi")
+  (out / "ixi" / "NOTES.md").write_text("the user's notes")
   old = _all_records(d)
-  old_files = _digest(d)
-  # Interrupted rebuild with 2 shards per split: fails on the second new shard.
-  real, calls = writer._write_shard, []
+  old_files = _dataset_files(d)
+  shutil.copy(BUNDLED[4], manual)  # a new subject: the inputs changed
+  real, calls = builder_lib.volume_examples, []
 
-  def failing(path, shard, on_volume):
-    calls.append(path)
-    if len(calls) == 2:
+  def failing(src):
+    calls.append(src.key)
+    if len(calls) == 3:
       raise KeyboardInterrupt
-    return real(path, shard, on_volume)
+    return real(src)
 
-  monkeypatch.setattr(writer, "_write_shard", failing)
+  monkeypatch.setattr(builder_lib, "volume_examples", failing)
   with pytest.raises(KeyboardInterrupt):
-    _write(d, sources, 2)
-  assert _digest(d) == old_files  # the complete set, untouched and readable
-  assert pipeline.dataset_info(d)["splits"]["train"]["num_shards"] == 1 and _all_records(d).keys() == old.keys()
-  assert os.path.isdir(writer.staging_dir(d))  # the new set's finished shard waits there
-  monkeypatch.setattr(writer, "_write_shard", real)
-  result = _write(d, sources, 2)
-  assert result.shards_reused >= 1  # the shard finished before the interruption
-  assert len(records.list_shards(d, "train")) == 2 and not os.path.exists(writer.staging_dir(d))
+    _run(argv, capsys)
+  assert _dataset_files(d) == old_files  # the complete set, untouched and readable
+  assert _all_records(d).keys() == old.keys()
+  monkeypatch.setattr(builder_lib, "volume_examples", real)
+  rc, err = _run(argv, capsys)
+  assert rc == 0, err
   new = _all_records(d)
-  assert new.keys() == old.keys() and all(np.array_equal(new[k], old[k]) for k in old)
-  assert (tmp_path / "data" / "ixi" / "NOTES.md").read_text() == "the user's notes"
-  assert sorted(os.listdir(tmp_path / "data")) == ["ixi"]
+  assert {s for s, _ in new} == {s for s, _ in old} | {_subject(BUNDLED[4])}
+  assert all(np.array_equal(new[k], old[k]) for k in old)
+  assert (out / "ixi" / "NOTES.md").read_text() == "the user's notes"
+  assert sorted(os.listdir(out)) == ["ixi"]  # no staging or download folder left
 
 
-def test_a_swap_killed_between_its_two_renames_is_finished_by_the_next_run(tmp_path, monkeypatch):
+def test_a_swap_killed_between_its_two_renames_is_finished_by_the_next_run(tmp_path, monkeypatch, capsys):
   monkeypatch.setattr(writer, "_exchange", lambda a, b: False)
-  d = str(tmp_path / "data" / "ixi")
-  sources = _sources(tmp_path)
-  _write(d, sources, 1)
+  manual = _copy_good(tmp_path / "IXI", range(4))
+  out = tmp_path / "data"
+  argv = ["--dataset=ixi", f"--manual_dir={manual}", f"--data_dir={out}"]
+  assert _run(argv, capsys)[0] == 0
+  shutil.copy(BUNDLED[4], manual)
   real_rename, renames = os.rename, []
 
   def rename(a, b):
     renames.append((a, b))
-    if len(renames) == 2:
+    if ".staging" in str(a) and "incomplete." not in str(a) and not str(a).endswith(".old"):
       raise KeyboardInterrupt  # killed after moving the old set away, before moving the new one in
     return real_rename(a, b)
 
   monkeypatch.setattr(writer.os, "rename", rename)
   with pytest.raises(KeyboardInterrupt):
-    _write(d, sources, 2)
+    _run(argv, capsys)
   monkeypatch.setattr(writer.os, "rename", real_rename)
-  assert not os.path.exists(d)
-  with pytest.raises(FileNotFoundError, match="no dataset info"):  # refused, never half-read
-    pipeline.dataset_info(d)
-  _write(d, sources, 2)
-  assert len(records.list_shards(d, "train")) == 2
-  assert sorted(os.listdir(tmp_path / "data")) == ["ixi"]
+  with pytest.raises(FileNotFoundError, match="no prepared dataset"):  # refused, never half-read
+    pipeline.dataset_info(str(out / "ixi"))
+  rc, err = _run(argv, capsys)
+  assert rc == 0, err
+  assert _subject(BUNDLED[4]) in {s for s, _ in _all_records(str(out / "ixi"))}
+  assert sorted(os.listdir(out)) == ["ixi"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -436,21 +441,17 @@ def test_a_swap_killed_between_its_two_renames_is_finished_by_the_next_run(tmp_p
 
 _KILLABLE = textwrap.dedent("""
     import os, sys, time
-    from data_prep import __main__ as cli, ixi, writer
+    from data_prep import __main__ as cli, builder, ixi
     marker, nth, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
     ixi.TARGET_HW, ixi.MAX_SLICES = (64, 64), 8  # as the in-process runs (small_ixi)
-    real = writer._write_shard
-    shards = []
-    def write_shard(path, shard, on_volume):
-      shards.append(path)
-      if len(shards) == nth:  # block inside the nth shard written, after its first volume
-        def on_volume_then_block(problem, n):
-          on_volume(problem, n)
-          open(marker, "w").close()
-          time.sleep(600)
-        return real(path, shard, on_volume_then_block)
-      return real(path, shard, on_volume)
-    writer._write_shard = write_shard
+    real, volumes = builder.volume_examples, []
+    def volume_examples(src):
+      volumes.append(src.key)
+      if len(volumes) == nth:  # block inside the build, after nth - 1 volumes were converted
+        open(marker, "w").close()
+        time.sleep(600)
+      return real(src)
+    builder.volume_examples = volume_examples
     sys.exit(cli.main(argv))
 """)
 
@@ -462,7 +463,7 @@ def _kill_mid_write(argv, marker, nth):
   deadline = time.time() + 120
   while not marker.exists():
     assert proc.poll() is None, proc.stderr.read().decode()
-    assert time.time() < deadline, "data_prep never reached the shard to be killed in"
+    assert time.time() < deadline, "data_prep never reached the volume to be killed in"
     time.sleep(0.05)
   proc.kill()  # SIGKILL: no cleanup of any kind runs
   proc.wait()
@@ -470,35 +471,32 @@ def _kill_mid_write(argv, marker, nth):
 
 
 def test_kill_9_during_data_prep(tmp_path, capsys):
-  """Killed mid-shard: a fresh build is never read as complete, a rebuild leaves the old set complete
-  and unchanged; each rerun completes the set correctly (same slices as an uninterrupted build)."""
+  """Killed mid-build: a fresh build is never read as complete, a rebuild leaves the old set complete
+  and unchanged; each rerun builds the set correctly (same slices as an uninterrupted build)."""
   manual = _copy_good(tmp_path / "IXI", range(4))
   out = tmp_path / "out"
   d = str(out / "ixi")
-  argv = ["--dataset=ixi", f"--manual_dir={manual}", f"--data_dir={out}", "--num_shards=2"]
-  _kill_mid_write(argv, tmp_path / "m1", nth=2)  # the first of 4 shards is in place
-  assert any(".tmp-" in f for f in os.listdir(d))  # the killed shard's temp file is left behind
-  with pytest.raises(FileNotFoundError, match="no dataset info"):
+  argv = ["--dataset=ixi", f"--manual_dir={manual}", f"--data_dir={out}"]
+  _kill_mid_write(argv, tmp_path / "m1", nth=3)
+  assert any(n.startswith("incomplete.") for n in os.listdir(out / "ixi" / "all"))  # TFDS's temp folder
+  with pytest.raises(FileNotFoundError, match=r"only an incomplete \(interrupted\) build"):
     pipeline.dataset_info(d)
-  capsys.readouterr()
-  assert cli.main([*argv, "--no_progress"]) == 0
-  assert "shards written 3, reused 1" in capsys.readouterr().out
+  assert _run(argv, capsys)[0] == 0
+  assert not any(n.startswith("incomplete.") for n in os.listdir(out / "ixi" / "all"))
   reference = tmp_path / "reference"
-  assert _run(["--dataset=ixi", f"--manual_dir={manual}", f"--data_dir={reference}", "--num_shards=2"], capsys)[0] == 0
+  assert _run(["--dataset=ixi", f"--manual_dir={manual}", f"--data_dir={reference}"], capsys)[0] == 0
   ref = _all_records(str(reference / "ixi"))
   got = _all_records(d)
   assert got.keys() == ref.keys() and all(np.array_equal(got[k], ref[k]) for k in ref)
-  assert not any(".tmp" in f for f in os.listdir(d))
 
-  # A rebuild with another shard count, killed mid-shard: the complete set is untouched.
-  complete = _digest(d)
-  # (val and test keep their one shard, linked from the old set: the train shard is the one written.)
-  _kill_mid_write([*argv[:-1], "--num_shards=1"], tmp_path / "m2", nth=1)
-  assert _digest(d) == complete
-  assert os.path.isdir(writer.staging_dir(d))
-  assert _all_records(d).keys() == ref.keys()
-  assert _run([*argv[:-1], "--num_shards=1"], capsys)[0] == 0
+  # A rebuild with changed inputs, killed mid-build: the complete set is untouched.
+  complete = _dataset_files(d)
+  shutil.copy(BUNDLED[4], manual)
+  _kill_mid_write(argv, tmp_path / "m2", nth=2)
+  assert _dataset_files(d) == complete and _all_records(d).keys() == ref.keys()
+  assert os.path.isdir(out / ".ixi.staging")
+  assert _run(argv, capsys)[0] == 0
   got = _all_records(d)
-  assert len(records.list_shards(d, "train")) == 1
-  assert got.keys() == ref.keys() and all(np.array_equal(got[k], ref[k]) for k in ref)
+  assert {s for s, _ in got} == {s for s, _ in ref} | {_subject(BUNDLED[4])}
+  assert all(np.array_equal(got[k], ref[k]) for k in ref)
   assert sorted(os.listdir(out)) == ["ixi"]

@@ -1,16 +1,22 @@
-"""The tf.data pipeline over real MR shards (the bundled sample): round trip, determinism, resume,
-eval coverage and per-host sharding."""
+"""The tf.data pipeline over a real MR TFDS dataset (the bundled sample): round trip, determinism,
+resume, eval coverage, per-host sharding, orientation, and the errors for what is not prepared."""
 
 from __future__ import annotations
 
 import collections
 import dataclasses
 
+import json
+import os
+
 import numpy as np
 import pytest
-import tensorflow as tf
+import tensorflow_datasets as tfds
 
-from data_prep import sample, writer
+from data_prep import __main__ as cli
+from data_prep import sample
+from data_prep.builder import Plan
+from data_prep.datasets import Sample
 from mrsr_jax.data import pipeline, records
 
 
@@ -31,23 +37,22 @@ def _pipeline_sources():
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-  """Real MR shards (see `_pipeline_sources`), 3 shards per split where possible."""
-  d = str(tmp_path_factory.mktemp("data") / "sample")
-  sources, bad, notes, config = _pipeline_sources()
-  writer.write_dataset(d, sources, name="sample", num_shards=3, config=config, bad=bad, notes=notes,
-                       progress=False, log=lambda m: None)
-  return d
+  """The sample's TFDS builder on the sources of `_pipeline_sources`, 3 record files per split."""
+  data_dir = str(tmp_path_factory.mktemp("data"))
+  tfds.disable_progress_bar()
+  builder = Sample(data_dir=data_dir)
+  builder._plan = Plan(*_pipeline_sources())
+  cli.prepare(builder, builder._plan, num_shards=3)
+  return os.path.join(data_dir, "sample")
 
 
 def _stored(d, split):
-  """Every record of a split, read straight from the shard files: key -> record."""
+  """Every record of a split, read straight from the dataset's files: key -> record."""
   out = {}
-  for path in records.list_shards(d, split):
-    for raw in tf.data.TFRecordDataset(path):
-      r = records.decode_example_numpy(raw)
-      key = (r["subject"], int(r["slice_index"]))
-      assert key not in out
-      out[key] = r
+  for r in records.examples(d, split):
+    key = (r["subject"], int(r["slice_index"]))
+    assert key not in out
+    out[key] = r
   return out
 
 
@@ -83,7 +88,8 @@ def test_volume_to_pipeline_bit_for_bit(shards):
   """The slices data_prep computes from the real MNI volume come back unchanged from the pipeline."""
   src = next(s for s in _pipeline_sources()[0] if s.key.endswith("mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"))
   assert src.split == "test"
-  vol = src.load()
+  vol, orientation = src.load()
+  assert orientation == "RA"
   _, rows = _eval_rows(shards, "test")
   got = {int(r["slice_index"]): r["hr"][..., 0] for r in rows if r["mask"] and r["subject"] == "mni152_2009a"}
   assert sorted(got) == list(vol.slice_indices)
@@ -158,9 +164,13 @@ def test_per_host_sharding_partitions_the_data(shards):
   info = pipeline.dataset_info(shards)
   stored = set(_stored(shards, "test"))
   assert info["splits"]["test"]["num_shards"] == 3
-  for count in (2, 4):  # 2 hosts: file-level sharding (3 files); 4 hosts: element-level
+  builder = records.builder(shards)
+  for count in (2, 5):  # fewer hosts than record files, and more (an uneven split)
     per_host, n_batches = [], set()
     for index in range(count):
+      # Our count of a host's slices is TFDS's own count of its even split.
+      sub = tfds.even_splits("test", count)[index]
+      assert pipeline.host_num_examples(shards, "test", index, count) == len(list(builder.as_dataset(split=sub)))
       batches, rows = _eval_rows(shards, "test", global_batch_size=4 * count, process_index=index,
                                  process_count=count)
       n_batches.add(len(batches))
@@ -179,10 +189,47 @@ def test_per_host_sharding_partitions_the_data(shards):
   assert len(hosts[0] | hosts[1]) >= info["splits"]["train"]["num_examples"] - 2  # remainders dropped
 
 
+def test_orientation_comes_with_every_slice(shards):
+  """The axis codes of each stored slice's rows and columns, from its file's affine: the 2 mm IXI
+  files are P-S-R (sagittal slices: rows go posterior, columns superior), the MNI template RAS
+  (axial: R, A), nibabel's anatomical.nii LAS; dipy's bare .npy slice has no affine ("")."""
+  _, rows = _eval_rows(shards, "test")
+  got = {}
+  for r in rows:
+    if r["mask"]:
+      got.setdefault(str(r["subject"]), set()).add(str(r["orientation"]))
+  assert got == {"IXI014": {"PS"}, "mni152_2009a": {"RA"}, "nibabel_anatomical": {"LA"}, "dipy_S0_10slices": {"RA"}}
+  train = {(str(s), str(o)) for b in _take(pipeline.create_dataset(shards, "train", global_batch_size=8, crop_size=32,
+                                                                   seed=0, train=True), 20)
+           for s, o in zip(b["subject"], b["orientation"])}
+  assert ("dipy_t1_coronal_slice", "") in train and ("IXI012", "PS") in train
+
+
 def test_errors_name_the_problem(shards, tmp_path):
-  with pytest.raises(FileNotFoundError, match="build the shards first"):
+  with pytest.raises(FileNotFoundError, match="no prepared dataset; build it first with "
+                                              "`python -m data_prep --dataset=.* --data_dir="):
     pipeline.create_dataset(str(tmp_path), "train", global_batch_size=2, crop_size=32, seed=0, train=True,
                             process_index=0, process_count=1)
+  with pytest.raises(ValueError, match="split 'validation' does not exist"):
+    records.check_split(shards, "validation")
   with pytest.raises(ValueError, match="not .*multiple of process_count=2|multiple of process_count=2"):
     pipeline.create_dataset(shards, "train", global_batch_size=3, crop_size=32, seed=0, train=True,
                             process_index=0, process_count=2)
+
+
+def test_old_shard_format_and_interrupted_builds_are_refused_with_how_to_rebuild(tmp_path):
+  """A folder of the pre-TFDS shards (mrsr_jax 0.1) is named as such, with the command that rebuilds
+  it; a folder holding only TFDS's `incomplete.*` leftovers of a killed build is never read."""
+  old = tmp_path / "data" / "sample"
+  old.mkdir(parents=True)
+  (old / "train-00000-of-00001.tfrecord").write_bytes(b"")
+  (old / "dataset_info.json").write_text(json.dumps({"name": "sample", "format_version": 1, "splits": {}}))
+  with pytest.raises(FileNotFoundError, match=r"old mrsr_jax format .*rebuild them with "
+                                              r"`python -m data_prep --dataset=sample --data_dir=.*data`"):
+    pipeline.dataset_info(str(old))
+  killed = tmp_path / "data" / "ixi" / "all" / "incomplete.AB12CD_1.0.0"
+  killed.mkdir(parents=True)
+  (killed / "ixi-train.tfrecord-00000-of-00001").write_bytes(b"partial")
+  with pytest.raises(FileNotFoundError, match=r"only an incomplete \(interrupted\) build; build it first with "
+                                              r"`python -m data_prep --dataset=ixi/all"):
+    pipeline.dataset_info(str(tmp_path / "data" / "ixi" / "all"))

@@ -1,4 +1,4 @@
-"""tf.data input pipeline: TFRecord slice shards -> per-host batches of HR slices.
+"""tf.data input pipeline: a prepared TFDS dataset -> per-host batches of HR slices.
 
 Only HR slices come out of here. Low-resolution inputs are made from HR on the device
 (`mrsr_jax.data.degrade`), so training, evaluation and prediction share one implementation.
@@ -10,23 +10,28 @@ Batches are dicts of numpy-convertible tensors, `b = global_batch_size // proces
   slice_index      int32 [b]
   intensity_scale  float32 [b]   hr * intensity_scale is in scanner units
   spacing          float32 [b, 3] (row, col, slice) mm
+  orientation      string [b]    axis codes of the slice's rows and columns ("AS"; "" unknown, and
+                                 meaningless after a random crop's zero padding only in position)
   mask             bool [b]      False on padding rows (eval's last batch); all True in training
 
-Per-host sharding: each host reads `files[process_index::process_count]` (file level) when there are
-at least as many shard files as hosts, else every host reads all files and keeps every
-`process_count`-th slice (element level; the small sample and eval sets have few files).
+The dataset is read through TFDS (`builder.as_dataset` with a `tfds.ReadConfig`), from its files
+(`records.builder`: no builder code needed). Per-host sharding: reader `process_index` of
+`process_count` reads `tfds.even_splits(split, process_count)[process_index]`, a contiguous range of
+the split's examples (TFDS stores them in a seeded random order, so every range mixes subjects);
+the ranges are disjoint and cover the split. The range depends only on the reader count, so a fixed
+`config.input_readers` gives the same batches whatever the number of processes.
 
-Training: shard files shuffled per epoch, interleaved, slices shuffled in a buffer, repeated
-(`num_epochs`, None = forever), randomly cropped (zero padded first if smaller), batched with the
-remainder dropped. Every random choice is derived from `seed`, and the crop of the i-th slice from
-(seed, i) with stateless ops, so the same seed gives the same batches whatever the parallelism.
-`start_step` resumes the data position: the first `start_step * b` slices are skipped before
-parsing and the crop index keeps counting from there, so batch k of a resumed run is batch
-`start_step + k` of an uninterrupted one.
+Training: the reader's record files shuffled per epoch (`shuffle_seed` from `seed`), interleaved,
+slices shuffled in a buffer, repeated (`num_epochs`, None = forever), randomly cropped (zero padded
+first if smaller), batched with the remainder dropped. Every random choice is derived from `seed`,
+and the crop of the i-th slice from (seed, i) with stateless ops, so the same seed gives the same
+batches whatever the parallelism. `start_step` resumes the data position: the first
+`start_step * b` slices are skipped and the crop index keeps counting from there, so batch k of a
+resumed run is batch `start_step + k` of an uninterrupted one.
 
 Evaluation (`train=False`): no shuffle, one pass, centre crop/pad, and the last batch padded with
 `mask=False` rows. Every host yields the same number of batches (needed because each step is a
-collective): `eval_num_batches` from the shard lengths in dataset_info.json. Each slice is seen
+collective): `eval_num_batches` from the split's size in the dataset info. Each slice is seen
 exactly once across hosts.
 """
 
@@ -36,9 +41,11 @@ import math
 from typing import Any, Iterator
 
 import numpy as np
-import tensorflow as tf
 
+from mrsr_jax._tensorflow import import_tensorflow
 from mrsr_jax.data import records
+
+tf = import_tensorflow()  # the `tf` extra; a missing one raises with the install hint
 
 # TF must never allocate accelerator memory: JAX owns the GPU. Guarded because it raises once TF
 # has initialised its devices (e.g. when imported after other TF use).
@@ -65,22 +72,19 @@ def _host(process_index: int | None, process_count: int | None) -> tuple[int, in
   return process_index, process_count
 
 
-def _split_info(info: dict[str, Any], dataset_dir: str, split: str) -> dict[str, Any]:
-  s = info.get("splits", {}).get(split)
+def _split_size(info: dict[str, Any], split: str) -> int:
+  s = info["splits"].get(split)
   if not s or not s.get("num_examples"):
-    raise ValueError(f"{dataset_dir}: split '{split}' has no slices (splits: "
-                     f"{ {k: v.get('num_examples', 0) for k, v in info.get('splits', {}).items()} })")
-  return s
+    raise ValueError(f"{info['path']}: split '{split}' has no slices (splits: "
+                     f"{ {k: v.get('num_examples', 0) for k, v in info['splits'].items()} })")
+  return int(s["num_examples"])
 
 
 def host_num_examples(dataset_dir: str, split: str, process_index: int, process_count: int) -> int:
-  """Slices host `process_index` reads, from the shard lengths recorded in dataset_info.json."""
-  info = dataset_info(dataset_dir)
-  lengths = _split_info(info, dataset_dir, split)["shard_lengths"]
-  if len(lengths) >= process_count:
-    return int(sum(lengths[process_index::process_count]))
-  total = int(sum(lengths))
-  return len(range(process_index, total, process_count))
+  """Slices reader `process_index` of `process_count` reads: `tfds.even_splits`' arithmetic (the
+  remainder goes one each to the first readers), checked against TFDS in the tests."""
+  n = _split_size(dataset_info(dataset_dir), split)
+  return n // process_count + (process_index < n % process_count)
 
 
 def eval_num_batches(dataset_dir: str, split: str, global_batch_size: int, process_count: int = 1) -> int:
@@ -91,8 +95,7 @@ def eval_num_batches(dataset_dir: str, split: str, global_batch_size: int, proce
 
 def steps_per_epoch(dataset_dir: str, split: str, global_batch_size: int) -> int:
   """Training steps per pass over a split (remainder dropped)."""
-  info = dataset_info(dataset_dir)
-  return _split_info(info, dataset_dir, split)["num_examples"] // global_batch_size
+  return _split_size(dataset_info(dataset_dir), split) // global_batch_size
 
 
 def _local_batch(global_batch_size: int, process_count: int) -> int:
@@ -140,38 +143,35 @@ def create_dataset(
   if start_step < 0:
     raise ValueError(f"start_step must be >= 0, got {start_step}")
   info = dataset_info(dataset_dir)
-  _split_info(info, dataset_dir, split)
-  files = records.list_shards(dataset_dir, split)
+  _split_size(info, split)
   if crop_size is None:
     shapes = info["slice_shapes"]
     if len(shapes) != 1 or shapes[0][0] != shapes[0][1]:
-      raise ValueError(f"{dataset_dir}: crop_size=None needs one square slice shape, have {shapes}")
+      raise ValueError(f"{info['path']}: crop_size=None needs one square slice shape, have {shapes}")
     crop_size = int(shapes[0][0])
 
   labels = tf.constant(info["labels"])
   table = tf.lookup.StaticHashTable(
       tf.lookup.KeyValueTensorInitializer(labels, tf.range(len(info["labels"]), dtype=tf.int32)), default_value=-1)
 
-  file_level = len(files) >= process_count
-  ds = tf.data.Dataset.from_tensor_slices(files)
-  if file_level:
-    ds = ds.shard(process_count, process_index)
-  n_files = len(files[process_index::process_count]) if file_level else len(files)
-  if train:
-    ds = ds.shuffle(max(n_files, 1), seed=seed, reshuffle_each_iteration=True)
-  parallel = {"num_parallel_calls": tf.data.AUTOTUNE, "deterministic": True} if train else {}
-  read = lambda f: tf.data.TFRecordDataset(f, buffer_size=1 << 20)
-  ds = ds.interleave(read, cycle_length=max(1, min(n_files, 16)), block_length=1, **parallel)
-  if not file_level:
-    ds = ds.shard(process_count, process_index)
+  import tensorflow_datasets as tfds
+
+  builder = records.builder(dataset_dir)
+  subsplit = tfds.even_splits(split, process_count)[process_index]
+  read_config = tfds.ReadConfig(
+      # File order per epoch from the seed; TFDS shuffles its file instructions with it.
+      shuffle_seed=seed, shuffle_reshuffle_each_iteration=True,
+      interleave_cycle_length=16, interleave_block_length=1,
+      # No TFDS-side caching or prefetch: our own shuffle, repeat and prefetch follow.
+      try_autocache=False, skip_prefetch=True, add_tfds_id=False)
+  ds = builder.as_dataset(split=subsplit, shuffle_files=train, read_config=read_config)
   if train:
     ds = ds.shuffle(shuffle_buffer_size, seed=seed + 1, reshuffle_each_iteration=True)
     ds = ds.repeat(num_epochs)
     # Index before skipping so a resumed run crops its slices exactly as an uninterrupted one.
     ds = ds.enumerate().skip(start_step * b)
 
-  def parse(index, serialized):
-    ex = records.parse_example(serialized)
+  def parse(index, ex):
     if train:
       image = _crop(ex["image"], crop_size, seed=tf.stack([tf.cast(seed, tf.int64), index]))
     else:
@@ -183,6 +183,7 @@ def create_dataset(
         "slice_index": tf.cast(ex["slice_index"], tf.int32),
         "intensity_scale": ex["intensity_scale"],
         "spacing": ex["spacing"],
+        "orientation": ex["orientation"],
         "mask": tf.constant(True),
     }
 
@@ -200,6 +201,7 @@ def create_dataset(
         "slice_index": tf.constant(-1, tf.int32),
         "intensity_scale": tf.constant(1.0, tf.float32),  # 1, not 0: safe to divide by
         "spacing": tf.zeros([3], tf.float32),
+        "orientation": tf.constant(""),
         "mask": tf.constant(False),
     }
     ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(total - n))
@@ -216,12 +218,13 @@ def create_dataset(
 
 def _to_numpy(batch: dict[str, Any]) -> dict[str, np.ndarray]:
   out = {k: np.asarray(v) for k, v in batch.items()}
-  if "subject" in out:
-    out["subject"] = np.asarray([s.decode() for s in out["subject"].reshape(-1)]).reshape(out["subject"].shape)
+  for key in ("subject", "orientation"):
+    if key in out:
+      out[key] = np.asarray([s.decode() for s in out[key].reshape(-1)]).reshape(out[key].shape)
   return out
 
 
 def iterate(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
-  """numpy batches of `ds`, with `subject` as str."""
+  """numpy batches of `ds`, with `subject` and `orientation` as str."""
   for batch in ds.as_numpy_iterator():
     yield _to_numpy(batch)

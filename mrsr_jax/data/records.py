@@ -1,13 +1,25 @@
-"""The TFRecord schema of an HR slice, defined once.
+"""The record of an HR slice and where a prepared dataset lives, defined once.
 
-`data_prep` writes it and `mrsr_jax.data.pipeline` reads it; nothing else should know the feature names.
+Datasets are TFDS datasets (`data_prep/datasets/`, built by `python -m data_prep` or `tfds build`);
+`FEATURES` below is their feature schema, which the builders use and `mrsr_jax.data.pipeline` reads.
+Nothing else should know the feature names. A prepared dataset is TFDS's layout:
 
-A shard set lives in `<data_dir>/<dataset>/`:
-  `<split>-<index:05d>-of-<count:05d>.tfrecord`  one tf.train.Example per 2D slice
-  `dataset_info.json`                            counts per split, shapes, contrasts, provenance
+  <data_dir>/<dataset>/<config>/<version>/   ixi, fastmri (builder configs: contrasts)
+  <data_dir>/<dataset>/<version>/            sample (no configs)
 
-Slices are stored losslessly as float32 bytes, already normalised per volume to [0, 1] by a robust
-maximum; `intensity_scale` is that maximum, so `image * intensity_scale` is back in scanner units.
+each with TFDS's `dataset_info.json`, `features.json`, the record files (`<name>-<split>.tfrecord-
+NNNNN-of-NNNNN`) and our `metadata.json` (labels, subjects per split, bad files, notes). TFDS renames
+a version folder into place only once the whole build finished, so a folder named like a version is
+complete; readers never look at TFDS's `incomplete.*` folders.
+
+A slice is stored losslessly (float32, zlib-compressed bytes), already normalised per volume to
+[0, 1] by a robust maximum; `intensity_scale` is that maximum, so `image * intensity_scale` is back in
+scanner units. `orientation` is two nibabel axis codes: the anatomical directions toward which the
+stored image's row index (axis 0) and column index (axis 1) increase (e.g. "AS": rows go anterior,
+columns superior), from the source's affine; "" where the source has no affine (fastMRI .h5).
+
+The library reads prepared datasets from their files (`tfds.builder_from_directory`); it never
+imports `data_prep`.
 """
 
 from __future__ import annotations
@@ -17,142 +29,232 @@ import os
 import re
 from typing import Any, Mapping
 
-import numpy as np
-
-INFO_FILE = "dataset_info.json"
-SHARD_RE = re.compile(r"^(?P<split>[a-z]+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.tfrecord$")
 SPLITS = ("train", "test", "val")
+VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
+# The pre-TFDS shard format (mrsr_jax <= 0.1): `<split>-00000-of-00003.tfrecord` + `dataset_info.json`.
+_OLD_SHARD_RE = re.compile(r"^[a-z]+-\d{5}-of-\d{5}\.tfrecord$")
+
+# Feature name -> (what it is). The TFDS FeaturesDict is built from `features()` below.
+FEATURE_DOCS = {
+    "image": "HR slice [H, W] float32 in [0, 1] (normalised per volume), stored losslessly",
+    "dataset": "dataset name (ixi, fastmri, sample)",
+    "contrast": "contrast (T1, T2, PD, FSPD, B0)",
+    "subject": "subject id (IXI id; fastMRI file stem; package volume name)",
+    "slice_index": "index of the slice along the source volume's slice axis",
+    "spacing": "(row, col, slice) voxel size in mm",
+    "intensity_scale": "the volume's 99.5th percentile: image * intensity_scale is in scanner units",
+    "source": "the file (or archive::member) the slice was read from",
+    "orientation": "nibabel axis codes toward which row and column index increase ('AS'); '' unknown",
+}
 
 
-def shard_name(split: str, index: int, count: int) -> str:
-  return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
+def features(height: int, width: int):
+  """The TFDS feature schema of a dataset whose slices are `height` x `width`."""
+  import numpy as np
+  import tensorflow_datasets as tfds
+
+  text = lambda name: tfds.features.Text(doc=FEATURE_DOCS[name])
+  return tfds.features.FeaturesDict({
+      "image": tfds.features.Tensor(shape=(height, width), dtype=np.float32,
+                                    encoding=tfds.features.Encoding.ZLIB, doc=FEATURE_DOCS["image"]),
+      "dataset": text("dataset"),
+      "contrast": text("contrast"),
+      "subject": text("subject"),
+      "slice_index": tfds.features.Scalar(dtype=np.int32, doc=FEATURE_DOCS["slice_index"]),
+      "spacing": tfds.features.Tensor(shape=(3,), dtype=np.float32, doc=FEATURE_DOCS["spacing"]),
+      "intensity_scale": tfds.features.Scalar(dtype=np.float32, doc=FEATURE_DOCS["intensity_scale"]),
+      "source": text("source"),
+      "orientation": text("orientation"),
+  })
 
 
-def encode_example(
-    *,
-    image: np.ndarray,
-    dataset: str,
-    contrast: str,
-    subject: str,
-    slice_index: int,
-    spacing: tuple[float, float, float],
-    intensity_scale: float,
-    source: str = "",
-) -> bytes:
-  """Serialises one HR slice (2D float array, values in [0, 1]) to a tf.train.Example."""
-  import tensorflow as tf
+def example(*, image, dataset: str, contrast: str, subject: str, slice_index: int, spacing,
+            intensity_scale: float, source: str = "", orientation: str = "") -> dict[str, Any]:
+  """One slice as the builders yield it (checked: one finite 2D slice, a valid orientation)."""
+  import numpy as np
 
-  image = np.asarray(image)
+  image = np.asarray(image, np.float32)
   if image.ndim != 2:
     raise ValueError(f"a record holds one 2D slice, got shape {image.shape}")
   if not np.all(np.isfinite(image)):
-    raise ValueError("slice has NaN or Inf values")
-  image = image.astype("<f4", copy=False)
-
-  def _bytes(v: bytes):
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
-
-  def _int(v: int):
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
-
-  def _floats(v):
-    return tf.train.Feature(float_list=tf.train.FloatList(value=[float(x) for x in v]))
-
-  feature = {
-      "image": _bytes(image.tobytes()),
-      "height": _int(image.shape[0]),
-      "width": _int(image.shape[1]),
-      "dataset": _bytes(dataset.encode()),
-      "contrast": _bytes(contrast.encode()),
-      "subject": _bytes(subject.encode()),
-      "slice_index": _int(slice_index),
-      "spacing": _floats(spacing),
-      "intensity_scale": _floats([intensity_scale]),
-      "source": _bytes(source.encode()),
-  }
-  return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    raise ValueError(f"{source}: slice {slice_index} has NaN or Inf values")
+  if orientation and (len(orientation) != 2 or not set(orientation) <= set("LRAPSI")):
+    raise ValueError(f"{source}: orientation must be two of L/R/A/P/S/I or '', got {orientation!r}")
+  return {"image": image, "dataset": dataset, "contrast": contrast, "subject": subject,
+          "slice_index": int(slice_index), "spacing": np.asarray(spacing, np.float32).reshape(3),
+          "intensity_scale": np.float32(intensity_scale), "source": source, "orientation": orientation}
 
 
-def feature_spec():
-  import tensorflow as tf
-
-  return {
-      "image": tf.io.FixedLenFeature([], tf.string),
-      "height": tf.io.FixedLenFeature([], tf.int64),
-      "width": tf.io.FixedLenFeature([], tf.int64),
-      "dataset": tf.io.FixedLenFeature([], tf.string),
-      "contrast": tf.io.FixedLenFeature([], tf.string),
-      "subject": tf.io.FixedLenFeature([], tf.string),
-      "slice_index": tf.io.FixedLenFeature([], tf.int64),
-      "spacing": tf.io.FixedLenFeature([3], tf.float32),
-      "intensity_scale": tf.io.FixedLenFeature([1], tf.float32),
-      "source": tf.io.FixedLenFeature([], tf.string, default_value=b""),
-  }
+class DatasetNotPreparedError(FileNotFoundError):
+  """No complete prepared dataset where the config points; the message says how to build it."""
 
 
-def parse_example(serialized):
-  """tf graph function: serialized Example -> dict of tensors; `image` is float32 [H, W]."""
-  import tensorflow as tf
+def _build_hint(dataset_dir: str) -> str:
+  parent, name = os.path.split(os.path.normpath(dataset_dir))
+  if VERSION_RE.match(name):
+    parent, name = os.path.split(parent)
+  data_dir, dataset = parent, name
+  if os.path.basename(parent) in ("ixi", "fastmri", "sample"):  # <data_dir>/<dataset>/<config>
+    data_dir, dataset = os.path.dirname(parent), f"{os.path.basename(parent)}/{name}"
+  return f"`python -m data_prep --dataset={dataset} --data_dir={data_dir or '.'}`"
 
-  ex = tf.io.parse_single_example(serialized, feature_spec())
-  image = tf.io.decode_raw(ex["image"], tf.float32, little_endian=True)
-  ex["image"] = tf.reshape(image, tf.stack([ex["height"], ex["width"]]))
-  ex["intensity_scale"] = ex["intensity_scale"][0]
-  return ex
+
+def _versions(directory: str) -> list[str]:
+  """Complete version folders below `directory`, newest first (TFDS writes `dataset_info.json` last)."""
+  if not os.path.isdir(directory):
+    return []
+  found = [n for n in os.listdir(directory) if VERSION_RE.match(n)
+           and os.path.isfile(os.path.join(directory, n, "dataset_info.json"))]
+  return sorted(found, key=lambda v: tuple(int(x) for x in v.split(".")), reverse=True)
 
 
-def decode_example_numpy(serialized: bytes) -> dict[str, Any]:
-  """The same as `parse_example`, eagerly, to numpy (tests, inspection)."""
-  ex = parse_example(serialized)
-  out = {}
-  for k, v in ex.items():
-    v = v.numpy()
-    out[k] = v.decode() if isinstance(v, bytes) else v
-  return out
+def _is_old_format(directory: str) -> bool:
+  if not os.path.isdir(directory):
+    return False
+  names = os.listdir(directory)
+  return any(_OLD_SHARD_RE.match(n) for n in names) or (
+      "dataset_info.json" in names and not os.path.isfile(os.path.join(directory, "features.json")))
+
+
+def prepared_dir(dataset_dir: str) -> str:
+  """The complete TFDS version folder a dataset path stands for; clear errors otherwise.
+
+  `dataset_dir` is `<data_dir>/<dataset>` (the dataset's default config: the one its builder marked
+  default, e.g. ixi/all), `<data_dir>/<dataset>/<config>` (a builder config: ixi/t1), or a version
+  folder itself. The newest complete version wins.
+  """
+  d = os.path.normpath(os.path.expanduser(dataset_dir))
+  if os.path.isfile(os.path.join(d, "dataset_info.json")) and os.path.isfile(os.path.join(d, "features.json")):
+    return d  # a version folder
+  versions = _versions(d)
+  if versions:
+    return os.path.join(d, versions[0])
+  if os.path.isdir(d):
+    configs = sorted(n for n in os.listdir(d) if os.path.isdir(os.path.join(d, n)) and _versions(os.path.join(d, n)))
+    default = _default_config(d)
+    if default in configs:
+      return os.path.join(d, default, _versions(os.path.join(d, default))[0])
+    if len(configs) == 1:
+      return os.path.join(d, configs[0], _versions(os.path.join(d, configs[0]))[0])
+    if configs:
+      raise DatasetNotPreparedError(
+          f"{d}: several builder configs prepared ({', '.join(configs)}) and none marked default; "
+          f"choose one with config.contrast (one of {', '.join(configs)})")
+  if _is_old_format(d):
+    raise DatasetNotPreparedError(
+        f"{d}: shards of the old mrsr_jax format (before the TFDS datasets); rebuild them with "
+        f"{_build_hint(d)} (then the old *.tfrecord files, .meta/ and dataset_info.json there can be deleted)")
+  parent = os.path.dirname(d)
+  built = [n for n in os.listdir(parent) if _versions(os.path.join(parent, n))] if os.path.isdir(parent) else []
+  other = f" (prepared there: {', '.join(sorted(built))})" if built and not VERSION_RE.match(os.path.basename(d)) else ""
+  # TFDS's `incomplete.XXXXXX_<version>` folders (a build running, or killed), here or in a config.
+  places = [d] + ([os.path.join(d, n) for n in os.listdir(d)] if os.path.isdir(d) else [])
+  incomplete = any(os.path.isdir(p) and any(n.startswith("incomplete.") for n in os.listdir(p)) for p in places)
+  state = "only an incomplete (interrupted) build" if incomplete else "no prepared dataset"
+  raise DatasetNotPreparedError(f"{d}: {state}{other}; build it first with {_build_hint(d)}")
+
+
+def _default_config(dataset_root: str) -> str | None:
+  """The default builder config TFDS recorded for a dataset (`.config/metadata.json`)."""
+  path = os.path.join(dataset_root, ".config", "metadata.json")
+  try:
+    with open(path) as f:
+      return json.load(f).get("default_config_name")
+  except (OSError, ValueError):
+    return None
+
+
+def builder(dataset_dir: str):
+  """The TFDS builder of a prepared dataset, from its files (no builder code needed)."""
+  import tensorflow_datasets as tfds
+
+  return tfds.builder_from_directory(prepared_dir(dataset_dir))
+
+
+def _metadata(path: str) -> dict[str, Any]:
+  try:
+    with open(os.path.join(path, "metadata.json")) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    return {}
+  except ValueError as e:
+    raise ValueError(f"{path}/metadata.json: corrupt dataset metadata ({e})") from e
 
 
 def read_info(dataset_dir: str) -> dict[str, Any]:
-  path = os.path.join(dataset_dir, INFO_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(
-        f"{path}: no dataset info; build the shards first with "
-        f"`python -m data_prep --dataset=... --data_dir=...`")
+  """What training and evaluation need to know about a prepared dataset, as a plain dict.
+
+  From TFDS's dataset info (exact slice counts per split) and our metadata: `labels` ("dataset/
+  contrast", the index space of the `label` batch field), `contrasts`, `slice_shapes`, per split
+  `num_examples`, `num_shards`, `shard_lengths`, `subjects`, `num_volumes`, `examples_per_contrast`
+  (None under Beam, which counts on its workers), and the build's `bad_files` and `notes`.
+  """
+  path = prepared_dir(dataset_dir)
   try:
-    with open(path) as f:
-      return json.load(f)
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path}: corrupt dataset info ({e})") from e
+    with open(os.path.join(path, "dataset_info.json")) as f:
+      tfds_info = json.load(f)
+    with open(os.path.join(path, "features.json")) as f:
+      feats = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{path}: unreadable TFDS dataset info ({e}); rebuild with {_build_hint(path)}") from e
+  meta = _metadata(path)
+  splits = {}
+  for s in tfds_info.get("splits", []):
+    lengths = [int(x) for x in s.get("shardLengths", [])]
+    m = meta.get("splits", {}).get(s["name"], {})
+    splits[s["name"]] = {
+        "num_examples": int(sum(lengths)), "num_shards": len(lengths), "shard_lengths": lengths,
+        "subjects": m.get("subjects", []), "num_volumes": m.get("num_volumes", 0),
+        "examples_per_contrast": m.get("examples_per_contrast"),
+    }
+  for name, m in meta.get("splits", {}).items():  # planned but left out (--allow_empty_splits)
+    splits.setdefault(name, {"num_examples": 0, "num_shards": 0, "shard_lengths": [], "subjects": [],
+                             "num_volumes": 0, "examples_per_contrast": {}})
+  image = feats["featuresDict"]["features"]["image"]["tensor"]
+  shape = [int(x) for x in image["shape"]["dimensions"]]
+  return {
+      "name": tfds_info.get("name", ""), "config": tfds_info.get("configName", ""),
+      "version": tfds_info.get("version", ""), "path": path, "splits": splits,
+      "labels": meta.get("labels", []), "contrasts": meta.get("contrasts", []),
+      "slice_shapes": [shape], "bad_files": meta.get("bad_files", []), "notes": meta.get("notes", []),
+      "settings": meta.get("settings", {}),
+  }
 
 
-def write_info(dataset_dir: str, info: Mapping[str, Any]) -> None:
-  """Atomic: a reader never sees a half-written info file."""
-  path = os.path.join(dataset_dir, INFO_FILE)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(info, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+def check_split(dataset_dir: str, split: str) -> dict[str, Any]:
+  """The dataset info, after checking that `split` exists and has slices (one clear error if not)."""
+  info = read_info(dataset_dir)
+  counts = {k: v["num_examples"] for k, v in info["splits"].items()}
+  if not counts.get(split):
+    state = "is empty" if split in counts else "does not exist"
+    raise ValueError(f"{info['path']}: split '{split}' {state} (slices per split: {counts})")
+  return info
 
 
 def list_shards(dataset_dir: str, split: str) -> list[str]:
-  """Complete shard files of a split, sorted; raises if none or if the set is incomplete."""
-  if not os.path.isdir(dataset_dir):
-    raise FileNotFoundError(f"{dataset_dir}: no such shard directory")
-  found = {}
-  for name in os.listdir(dataset_dir):
-    m = SHARD_RE.match(name)
-    if m and m["split"] == split:
-      found[int(m["index"])] = (int(m["count"]), os.path.join(dataset_dir, name))
-  if not found:
-    raise FileNotFoundError(f"{dataset_dir}: no '{split}' shards (expected {split}-00000-of-NNNNN.tfrecord)")
-  counts = {c for c, _ in found.values()}
-  count = counts.pop()
-  if counts or sorted(found) != list(range(count)):
-    raise ValueError(f"{dataset_dir}: incomplete '{split}' shard set: have {sorted(found)} of {count}")
-  return [found[i][1] for i in range(count)]
+  """The record files of a split of a prepared dataset, sorted; raises (clearly) when the dataset is
+  not prepared or the split is missing or empty."""
+  info = check_split(dataset_dir, split)
+  files = [f for f in sorted(os.listdir(info["path"])) if re.match(rf"^{re.escape(info['name'])}-{split}\.", f)]
+  if len(files) != info["splits"][split]["num_shards"]:
+    raise ValueError(f"{info['path']}: split '{split}' should have {info['splits'][split]['num_shards']} "
+                     f"record file(s), found {len(files)}; rebuild with {_build_hint(info['path'])}")
+  return [os.path.join(info["path"], f) for f in files]
+
+
+def examples(dataset_dir: str, split: str):
+  """Every stored record of a split as numpy (strings as str), in storage order: for tests and
+  inspection (`tfds.as_numpy(records.builder(d).as_dataset(split))` is the same, with bytes)."""
+  import tensorflow_datasets as tfds
+
+  ds = builder(dataset_dir).as_dataset(split=split, shuffle_files=False,
+                                       read_config=tfds.ReadConfig(interleave_cycle_length=1))
+  for ex in tfds.as_numpy(ds):
+    yield {k: v.decode() if isinstance(v, bytes) else v for k, v in ex.items()}
 
 
 def split_size(info: Mapping[str, Any], split: str) -> int:
-  """Number of slices in `split` according to the dataset info record."""
+  """Number of slices in `split` according to `read_info`'s record."""
   try:
     return int(info["splits"][split]["num_examples"])
   except (KeyError, TypeError):

@@ -23,10 +23,10 @@ STAGES = {"vit": ViTStage, "ae": AEStage, "sr": SRStage}
 
 def validate(config: ml_collections.ConfigDict, mesh=None) -> None:
   """Fails at start, with the field named, on a config that cannot run (every stage's fields are
-  checked before the first one trains), or on missing training shards."""
+  checked before the first one trains), or on a missing or empty prepared training split."""
   mesh = mesh or sharding.make_mesh()
   config_check.validate(config, num_devices=mesh.devices.size, num_processes=jax.process_count())
-  records.list_shards(loop.dataset_dir(config), "train")   # missing shards: fail now, clearly
+  records.check_split(loop.dataset_dir(config), "train")   # not prepared / empty: fail now, clearly
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
