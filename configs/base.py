@@ -53,7 +53,11 @@ def get_config() -> ml_collections.ConfigDict:
       features=(64, 64, 32, 32), structure_channels=8, texture_dim=256))
   config.ae.crop_size = 256             # AE input 256x256 (4.1); slices are padded to it.
   config.ae.batch_size = 16
-  config.ae.num_steps = 0
+  # Stage lengths in steps: the paper's 100 epochs of its 48,000-slice IXI training set (one contrast,
+  # 500 volumes x 96 slices), so pooling the three contrasts (data_prep's default set, 144k slices) does
+  # not triple them (paper_deviations.md row 31; costs in benchmarks.md). num_steps = 0: num_epochs of
+  # the prepared set (the fastMRI configs: their set is the paper's).
+  config.ae.num_steps = 300_000         # 100 x 48,000 / 16
   config.ae.num_epochs = 100
   config.ae.learning_rate = 2e-4
   config.ae.b1 = 0.5
@@ -69,7 +73,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.sr.model = ml_collections.ConfigDict(dict(num_blocks=16, features=64, residual=True, norm="batch"))
   config.sr.disc_features = 64
   config.sr.batch_size = 256
-  config.sr.num_steps = 0
+  config.sr.num_steps = 18_750          # 100 x 48,000 / 256 (see ae.num_steps)
   config.sr.num_epochs = 100
   config.sr.learning_rate = 1e-4
   config.sr.lr_schedule = "constant"   # or "cosine" (decay to 1% over the stage)
