@@ -206,7 +206,8 @@ def get_batch(config: ml_collections.ConfigDict, *, split: str = "test", batch_s
 
   Returns:
     {"hr" [B, M, M, 1], "lr" [B, M/s, M/s, 1] (`config.degradation`), "bicubic" [B, M, M, 1] (the
-    bicubic baseline), "label", "subject", "slice_index"}.
+    bicubic baseline), "label", "subject", "slice_index", "orientation" (each slice's two axis codes
+    for `show_images`, "" where the data do not carry them)}.
   """
   batch_size = batch_size or config.sr.batch_size
   train = split == "train"
@@ -221,9 +222,10 @@ def get_batch(config: ml_collections.ConfigDict, *, split: str = "test", batch_s
   keep = batch["mask"]
   hr = batch["hr"][keep].astype(np.float32)
   lr = np.asarray(make_lr(config, jnp.asarray(hr)))
+  orientation = np.asarray(evaluate_lib._orientations(batch))[keep]
   return {"hr": hr, "lr": lr, "bicubic": np.asarray(degrade.upsample_bicubic(lr, config.scale)),
           "label": batch["label"][keep], "subject": batch["subject"][keep],
-          "slice_index": batch["slice_index"][keep]}
+          "slice_index": batch["slice_index"][keep], "orientation": orientation}
 
 
 # -- networks ---------------------------------------------------------------------------------------
@@ -583,43 +585,28 @@ def plot_curves(runs: Mapping[str, str], *, stage: str = "sr", keys: Sequence[st
 
 
 def show_images(images: Mapping[str, Any], *, reference: Any = None, index: int = 0,
-                title: str = "", path: str | None = None):
-  """Images side by side (grey, [0, 1]); with `reference`, each titled with its PSNR to it and its
-  absolute error shown below on one colour scale.
+                title: str = "", orientation: Any = "", path: str | None = None):
+  """Images side by side in display orientation (grey, [0, 1]), each with a zoomed detail below; with
+  `reference`, each titled with its PSNR to it and its absolute error (and the error's detail) shown
+  below on one colour scale. Zero padding is cropped away (`figures.comparison_figure`).
 
   Args:
     images: {title: image}; an image is [H, W], [H, W, 1] or a batch [B, H, W, 1] (item `index` shown).
     reference: the ground truth, same form (e.g. the HR batch); PSNR uses its maximum as the range.
+    orientation: the slice's two axis codes (e.g. `batch["orientation"]`: one per batch item, item
+      `index` used), turned to superior-up radiological display; "" shows the images as stored.
     path: also save the figure there (PNG).
 
   Returns:
     The matplotlib Figure.
   """
-  import matplotlib.pyplot as plt
+  from mrsr_jax import figures
   pick = lambda x: _as_image(x, index)
-  shown = {k: pick(v) for k, v in images.items()}
-  ref = None if reference is None else pick(reference)
-  n = len(shown)
-  fig, axes = plt.subplots(1 if ref is None else 2, n, figsize=(2.7 * n, 2.9 if ref is None else 5.6),
-                           squeeze=False)
-  vmax = max((float(np.abs(v - ref).max()) for v in shown.values()), default=1.0) if ref is not None else 1.0
-  for j, (name, img) in enumerate(shown.items()):
-    axes[0, j].imshow(np.clip(img, 0, 1), cmap="gray", vmin=0, vmax=1)
-    label = name
-    if ref is not None and img.shape == ref.shape:
-      p = float(metrics.psnr(img, ref))
-      label = f"{name}\n{p:.2f} dB" if np.isfinite(p) else f"{name}\n(reference)"
-      axes[1, j].imshow(np.abs(img - ref), cmap="inferno", vmin=0, vmax=vmax or 1.0)
-      axes[1, j].set_title(f"|{name} − ref|", fontsize=8)
-    elif ref is not None:
-      axes[1, j].axis("off")
-    axes[0, j].set_title(label, fontsize=9)
-  for ax in axes.ravel():
-    ax.set_xticks([])
-    ax.set_yticks([])
-  if title:
-    fig.suptitle(title)
-  fig.tight_layout()
+  if not isinstance(orientation, (str, bytes)):
+    orientation = np.asarray(orientation).reshape(-1)[index]
+  fig = figures.comparison_figure({k: pick(v) for k, v in images.items()},
+                                  reference=None if reference is None else pick(reference),
+                                  orientation=orientation, title=title)
   if path:
     _save(fig, path)
   return fig
@@ -644,7 +631,8 @@ def compare_runs(config: ml_collections.ConfigDict, batch: Mapping[str, Any],
   s = config.scale
   lr_big = np.repeat(np.repeat(lr, s, axis=1), s, axis=2)   # nearest neighbour: the pixels the SR sees
   fig = show_images({"LR (nearest)": lr_big, **preds, "HR": hr}, reference=hr, index=index,
-                    title=f"{s}× SR, image {index} of the batch", path=path)
+                    title=f"{s}× SR, image {index} of the batch", orientation=batch.get("orientation", ""),
+                    path=path)
   return fig, psnr
 
 

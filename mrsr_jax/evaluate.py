@@ -19,7 +19,9 @@ Multi-process (jax.distributed): each process reads its share of the slices; the
 volume ids are gathered to every process and volume maxima merged, so the report is the one a single
 process writes, and only process 0 writes files.
 
-Writes to `<workdir>/eval/`: results.md, results.csv, results.json, fig2_*.png, loss_curves_*.png.
+Writes to `<workdir>/eval/`: results.md, results.csv, results.json, fig2_*.png (in display orientation
+from each volume's `orientation` where the data carry it, cropped to the volume's extent, with a zoomed
+detail; see figures.py), loss_curves_*.png.
 """
 
 from __future__ import annotations
@@ -134,30 +136,67 @@ def _allgather_json(obj: Any) -> list[Any]:
   return [json.loads(bytes(b[:int(n)]).decode()) for b, n in zip(bufs, lengths)]
 
 
-def _scan_split(config, split, labels) -> tuple[dict[str, float], dict[str, list[int]], dict[str, str]]:
+def _orientations(batch) -> list[str]:
+  """Each row's `orientation` (the slice's two axis codes, figures.display_orientation), where the
+  data carry it; "" (shown as stored) where they do not."""
+  if "orientation" not in batch:
+    return [""] * len(batch["hr"])
+  return [o.decode() if isinstance(o, bytes) else str(o) for o in batch["orientation"]]
+
+
+def _scan_split(config, split, labels) -> tuple[dict[str, float], dict[str, list[int]], dict[str, str],
+                                                dict[str, dict[str, Any]]]:
   """Pass 1 over the whole split, across processes: each volume's maximum (the data range: SSIM needs
-  it before any slice is scored), its slice indices and its contrast label.
+  it before any slice is scored), its slice indices and its contrast label, and what its figures need:
+  {"orientation": codes, "box": [row0, row1, col0, col1]} (the non-zero extent of all its slices,
+  i.e. the volume without the evaluation frame's zero padding).
 
   Each process reads only its share of the slices, so the per-process findings are merged: a volume
-  whose slices are spread over processes gets the maximum of their maxima."""
+  whose slices are spread over processes gets the maximum of their maxima and the union of their
+  extents. A malformed orientation, or two in one volume, stops here, before anything is computed."""
+  from mrsr_jax import figures
   vol_max: dict[str, float] = {}
   vol_slices: dict[str, list[int]] = {}
   vol_label: dict[str, str] = {}
+  vol_view: dict[str, dict[str, Any]] = {}
   for batch in _test_batches(config, split):
-    for vid, img, idx, lab, m in zip(_volume_ids(batch, labels), batch["hr"], batch["slice_index"],
-                                     batch["label"], batch["mask"]):
+    for vid, img, idx, lab, m, orient in zip(_volume_ids(batch, labels), batch["hr"],
+                                             batch["slice_index"], batch["label"], batch["mask"],
+                                             _orientations(batch)):
       if m:
         vol_max[vid] = max(vol_max.get(vid, 0.0), float(img.max()))
         vol_slices.setdefault(vid, []).append(int(idx))
         vol_label[vid] = labels[int(lab)]
+        _merge_view(vol_view, vid, {"orientation": orient, "box": list(figures.content_box(img[..., 0]))})
   merged_max: dict[str, float] = {}
   merged_slices: dict[str, list[int]] = {}
-  for p_max, p_slices, p_label in _allgather_json([vol_max, vol_slices, vol_label]):
+  merged_view: dict[str, dict[str, Any]] = {}
+  for p_max, p_slices, p_label, p_view in _allgather_json([vol_max, vol_slices, vol_label, vol_view]):
     for vid, v in p_max.items():
       merged_max[vid] = max(merged_max.get(vid, 0.0), float(v))
       merged_slices.setdefault(vid, []).extend(p_slices[vid])
+      _merge_view(merged_view, vid, p_view[vid])
     vol_label.update(p_label)
-  return merged_max, {v: sorted(s) for v, s in merged_slices.items()}, vol_label
+  return merged_max, {v: sorted(s) for v, s in merged_slices.items()}, vol_label, merged_view
+
+
+def _merge_view(views: dict[str, dict[str, Any]], vid: str, view: dict[str, Any]) -> None:
+  """Adds one slice's (or one process's) orientation and non-zero box to volume `vid`'s."""
+  from mrsr_jax import figures
+  try:
+    orient = figures.check_orientation(view["orientation"])
+  except ValueError as e:
+    raise ValueError(f"volume {vid}: {e}") from None
+  box = [int(x) for x in view["box"]]
+  if vid not in views:
+    views[vid] = {"orientation": orient, "box": box}
+    return
+  have = views[vid]
+  if have["orientation"] != orient:
+    raise ValueError(f"volume {vid}: its slices disagree on the orientation "
+                     f"({have['orientation']!r} and {orient!r})")
+  b = have["box"]
+  have["box"] = [min(b[0], box[0]), max(b[1], box[1]), min(b[2], box[2]), max(b[3], box[3])]
 
 
 def make_eval_step(config, rows: dict[str, Any], methods: tuple[str, ...]):
@@ -224,7 +263,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> dict
     cfg = workdir_config(other, config)
     rows[name], row_info[name] = load_generator(cfg, other, mesh)
 
-  vol_max, vol_slices, vol_label = _scan_split(config, split, labels)
+  vol_max, vol_slices, vol_label, vol_view = _scan_split(config, split, labels)
   if not vol_max:
     raise ValueError(f"{loop.dataset_dir(config)}: the '{split}' split has no slices")
   # Integer ids travel with the slices through the gather; every process builds the same list.
@@ -295,8 +334,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> dict
     write_tables(report, out_dir)
     from mrsr_jax import figures as figures_lib
     for (vid, idx), panel in sorted(figures.items()):
-      figures_lib.comparison_panel(panel, list(rows), os.path.join(
-          out_dir, f"fig2_{vid.replace('/', '_')}_slice{idx:03d}.png"), title=f"{vid} slice {idx}, {config.scale}×")
+      figures_lib.comparison_panel(
+          panel, list(rows), os.path.join(out_dir, f"fig2_{vid.replace('/', '_')}_slice{idx:03d}.png"),
+          title=f"{vid} slice {idx}, {config.scale}×", orientation=vol_view[vid]["orientation"],
+          box=tuple(vol_view[vid]["box"]))
     for stage in ("vit", "ae", "sr"):
       path = os.path.join(workdir, stage, "metrics.jsonl")
       if os.path.exists(path):

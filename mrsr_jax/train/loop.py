@@ -177,7 +177,10 @@ def train_iterator(stage: Stage, config, start_step: int, mesh) -> Iterator[dict
     except StopIteration:
       return
     local = {k: np.concatenate([p[k] for p in parts]) for k in ("hr", "label")}
-    yield sharding.to_global(local, mesh)
+    batch = sharding.to_global(local, mesh)
+    if "orientation" in parts[0]:   # host-side strings for the image summaries; popped before the step
+      batch["orientation"] = np.concatenate([p["orientation"] for p in parts])
+    yield batch
 
 
 def init_state(stage: Stage, mesh) -> tuple[TrainState, Any]:
@@ -258,6 +261,8 @@ def train_stage(stage: Stage, mesh) -> TrainState:
     for step in range(start, num_steps):
       try:
         batch = next(batches)
+        # This process's rows only, the first rows of the global batch on process 0, which writes.
+        orientation = batch.pop("orientation", ())
       except StopIteration:
         raise RuntimeError(f"[{stage.name}] the training data ran out at step {step}") from None
       rng = step_lib.step_rng(config.seed, step)
@@ -271,8 +276,11 @@ def train_stage(stage: Stage, mesh) -> TrainState:
         host = check(*pending)
         writer.write_scalars(done, {f"{stage.name}/{k}": v for k, v in host.items()})
       if config.image_every_steps and (done % config.image_every_steps == 0 or done == num_steps):
+        from mrsr_jax import figures   # matplotlib only once an image is written
         imgs = jax.device_get(images_fn(state, batch, rng, frozen))
-        writer.write_images(done, {f"{stage.name}/{k}": np.clip(v, 0, 1) for k, v in imgs.items()})
+        writer.write_images(done, {f"{stage.name}/{k}": figures.display_batch(np.clip(v, 0, 1),
+                                                                               orientation)
+                                   for k, v in imgs.items()})
       if done % config.checkpoint_every_steps == 0 or done == num_steps:
         check(*pending)
         # The loss above was computed from the parameters *before* this step's update; what is
