@@ -25,6 +25,8 @@ from typing import Sequence
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from mrsr_jax._tensorflow import TensorFlowMissingError, import_tensorflow
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (a get_config() python file).",
                                 lock_config=True)
@@ -56,8 +58,8 @@ def is_user_error(e: BaseException) -> bool:
   OSError covers unreadable / unwritable / missing paths (PermissionError, FileExistsError,
   IsADirectoryError, NotADirectoryError, FileNotFoundError); the library reports bad values, files and
   configs as ValueError (ConfigMismatchError included) or KeyError, and a diverging run as
-  NonFiniteLossError."""
-  if isinstance(e, (OSError, ValueError, KeyError, flags.Error, app.UsageError)):
+  NonFiniteLossError. TensorFlow not installed: the user installs it."""
+  if isinstance(e, (OSError, ValueError, KeyError, flags.Error, app.UsageError, TensorFlowMissingError)):
     return True
   loop = sys.modules.get("mrsr_jax.train.loop")     # imported by any run that can raise it
   return loop is not None and isinstance(e, loop.NonFiniteLossError)
@@ -184,8 +186,9 @@ def run() -> None:
   """The mode FLAGS ask for."""
   if FLAGS.mode == "predict" and (not FLAGS.input or not FLAGS.output):
     raise CommandLineError("--mode=predict needs --input and --output")
-  # TensorFlow only reads data here: hide GPUs from it so it never takes JAX's memory.
-  import tensorflow as tf
+  # TensorFlow only reads data here: hide GPUs from it so it never takes JAX's memory. It is an
+  # optional install (pyproject's `tf` extra): a missing one is a one-line error with the fix.
+  tf = import_tensorflow()
   tf.config.set_visible_devices([], "GPU")
 
   import jax
