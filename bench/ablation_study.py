@@ -312,8 +312,9 @@ def main(argv=None) -> int:
   parser.add_argument("--data_dir", default="", help="sample shards (default: <workdir>/data)")
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--rows", default="", help="comma-separated subset of the rows (default: all)")
-  parser.add_argument("--steps", type=int, default=250, help="SR steps per run (demo: 2000)")
-  parser.add_argument("--warmup", type=int, default=50, help="SR warm-up steps (demo: 100)")
+  parser.add_argument("--steps", type=int, default=150, help="SR steps per run (demo: 2000)")
+  parser.add_argument("--warmup", type=int, default=30, help="SR warm-up steps (demo: 100)")
+  parser.add_argument("--batch", type=int, default=8, help="SR batch size (demo: 16)")
   parser.add_argument("--blocks", type=int, default=4, help="generator residual blocks (demo: 6)")
   parser.add_argument("--scale", type=int, default=2)
   parser.add_argument("--report_only", action="store_true")
@@ -332,6 +333,7 @@ def main(argv=None) -> int:
   config.sr.num_steps = args.steps
   config.sr.model.num_blocks = args.blocks
   config.sr.warmup_steps = args.warmup
+  config.sr.batch_size = args.batch
   default_loss = {k: config.sr.loss[k] for k in config.sr.loss}
   table_rows = rows(default_loss)
   if args.rows:
@@ -346,7 +348,7 @@ def main(argv=None) -> int:
                 f"{config.sr.lr_schedule} with {config.sr.warmup_steps} warm-up; the demo's LR mix; "
                 f"ViT / AE: the demo's (trained once, shared by every run)")
   # What makes two runs comparable: a json written with other settings is not resumed into.
-  fingerprint = hashlib.sha256(json.dumps([args.scale, args.steps, args.blocks, args.warmup, default_loss,
+  fingerprint = hashlib.sha256(json.dumps([args.scale, args.steps, args.blocks, args.warmup, args.batch, default_loss,
                                            config.sr.lr_mix.to_dict()], sort_keys=True).encode()).hexdigest()[:12]
   results = None
   if os.path.exists(json_path):
