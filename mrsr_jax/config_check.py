@@ -189,6 +189,13 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
     for weight in ("adv_weight", "lambda_vit", "lambda_str", "lambda_tex", "pixel_weight"):
       _real(config, f"sr.loss.{weight}")
     _choice(config, "sr.loss.feature_target", ("lr", "hr"))
+    # G / D plumbing and the AE's frame (paper_deviations.md); absent in configs older than them.
+    if "ae_frame" in config.sr.loss:
+      _choice(config, "sr.loss.ae_frame", ("ae", "sr"))
+    if "gd_update" in config.sr:
+      _choice(config, "sr.gd_update", ("simultaneous", "alternating"))
+    if "disc_bn_in_g" in config.sr:
+      _choice(config, "sr.disc_bn_in_g", ("train", "eval", "joint"))
     if "lr_schedule" in config.sr:
       _choice(config, "sr.lr_schedule", ("constant", "cosine"))
     if "warmup_steps" in config.sr:
@@ -201,6 +208,33 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
         _real(config, f"sr.lr_mix.{field}", high=high, high_open=field == "sigma_jitter")
     if not isinstance(_get(config, "sr.features_workdir"), str):
       _fail("sr.features_workdir", config.sr.features_workdir, "must be a path (or '' for this workdir)")
+  if "vit" in stages:
+    warn_unpretrained_vit(config)
+
+
+# UNETR's ViT-B/16 (App. B): the ViT whose pretrained MONAI weights `vit.init_checkpoint` loads.
+PAPER_VIT = dict(patch_size=16, hidden_size=768, mlp_dim=3072, num_layers=12, num_heads=12)
+
+
+def warn_unpretrained_vit(config: ml_collections.ConfigDict) -> bool:
+  """Logs a warning (and returns True) when the ViT stage will fine-tune the paper's ViT from scratch.
+
+  The paper fine-tunes UNETR's ViT *pre-trained* for MR segmentation (3.2); no weights ship with this
+  package, so without `vit.init_checkpoint` the "fine-tuning" is the ViT's whole training, and L_ViT
+  compares features of a different network than the paper's. The warning is tied to the ViT's size,
+  not to a config's name: a ViT of UNETR's ViT-B/16 size is the one such a checkpoint exists for (the
+  paper configs, or a user's config at the paper's size); the small demo / test ViTs have none."""
+  model = config.vit.model
+  if config.vit.get("init_checkpoint", "") or any(model.get(k) != v for k, v in PAPER_VIT.items()):
+    return False
+  from absl import logging
+  logging.warning(
+      "vit.init_checkpoint is not set: the paper fine-tunes UNETR's ViT pre-trained for MR "
+      "segmentation (Sec. 3.2); this run trains the ViT-B/16 from scratch on its own slices with the "
+      "'%s' pretext, so L_ViT compares features of another network than the paper's. Pass "
+      "--config.vit.init_checkpoint=/path/to/UNETR_model.pt (a MONAI UNETR state dict) for the "
+      "paper's setting.", config.vit.pretext)
+  return True
 
 
 # -- a rerun against its workdir ---------------------------------------------------------------------

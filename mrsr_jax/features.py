@@ -30,6 +30,27 @@ def ae_encoder(config: ml_collections.ConfigDict) -> swap_ae.SwapEncoder:
                              texture_dim=m.texture_dim, dtype=jnp.dtype(config.dtype))
 
 
+def ae_frame(config: ml_collections.ConfigDict, images: jax.Array) -> jax.Array:
+  """`images` [B, H, W, C] framed as the AE encoder is to see them in the SR loss (`sr.loss.ae_frame`).
+
+  "ae": centre zero-padded up to `ae.crop_size`, exactly as the data pipeline pads a slice smaller
+  than the AE's training crop (IXI: 240² slices trained in a 256² frame), so z_t pools over the grid
+  the AE was trained on; a frame at least that large is left whole (cropping would drop part of the
+  SR output from L_str / L_tex, and the AE's random crops of such slices have seen all of it).
+  "sr": the SR crop as it is."""
+  mode = config.sr.loss.get("ae_frame", "sr")
+  if mode == "sr":
+    return images
+  if mode != "ae":
+    raise ValueError(f"sr.loss.ae_frame must be 'ae' or 'sr', got {mode!r}")
+  size = config.ae.get("crop_size", None) or config.crop_size
+  ph, pw = max(size - images.shape[1], 0), max(size - images.shape[2], 0)
+  if not (ph or pw):
+    return images
+  # The split of an odd pad matches pipeline._crop (the smaller half first).
+  return jnp.pad(images, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)))
+
+
 def needed(loss_cfg: Mapping[str, Any]) -> set[str]:
   """Which features the loss weights ask for: a zero weight means the extractor never runs."""
   out = set()
@@ -50,7 +71,7 @@ def extract(config: ml_collections.ConfigDict, frozen: Mapping[str, Any], images
     out, _ = vit_module(config, images.shape[1]).apply({"params": frozen["vit"]}, images)
     feats["vit"] = vit_lib.vit_feature(out).astype(jnp.float32)
   if which & {"z_s", "z_t"}:
-    z_s, z_t = ae_encoder(config).apply({"params": frozen["ae_enc"]}, images)
+    z_s, z_t = ae_encoder(config).apply({"params": frozen["ae_enc"]}, ae_frame(config, images))
     if "z_s" in which:
       feats["z_s"] = z_s.astype(jnp.float32)
     if "z_t" in which:

@@ -97,6 +97,11 @@ def test_bad_command_line_is_one_line(capsys, tmp_path, tiny_cli, make_file, ext
     ("--config.sr.lr_schedule=linear", r"config.sr.lr_schedule = 'linear': must be one of 'constant', "
                                        r"'cosine'"),
     ("--config.stages=('sr','vit')", r"config.stages = \('sr', 'vit'\): must keep the pipeline order"),
+    ("--config.sr.gd_update=sequential", r"config.sr.gd_update = 'sequential': must be one of "
+                                         r"'simultaneous', 'alternating'"),
+    ("--config.sr.disc_bn_in_g=frozen", r"config.sr.disc_bn_in_g = 'frozen': must be one of 'train', "
+                                        r"'eval', 'joint'"),
+    ("--config.sr.loss.ae_frame=crop", r"config.sr.loss.ae_frame = 'crop': must be one of 'ae', 'sr'"),
 ])
 def test_invalid_field_stops_before_any_stage_trains(capsys, tmp_path, tiny_cli, override, message):
   """Fields of the last stage are checked before the first one trains (the workdir is not even made)."""
@@ -261,3 +266,28 @@ def test_metrics_are_flushed_per_write_and_truncated_to_the_resumed_step(tmp_pat
   assert [json.loads(l)["step"] for l in open(path)] == [2, 4]
   loop.truncate_metrics(path, 0)               # no checkpoint: training restarts at 0
   assert open(path).read() == ""
+
+
+def test_paper_vit_trained_from_scratch_is_warned(caplog):
+  """A paper config without vit.init_checkpoint trains UNETR's ViT-B/16 from scratch where the paper
+  fine-tunes a pre-trained one: validation logs one warning saying so. Not for the small demo / test
+  ViTs (no such weights exist for them), nor with a checkpoint, nor when the ViT stage does not run."""
+  import logging
+  from configs import demo, sr_fastmri_x4, sr_ixi_x2, tiny
+  from mrsr_jax import config_check
+
+  def warnings(config):
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+      config_check.validate(config, num_devices=1)
+    return [r.getMessage() for r in caplog.records if "vit.init_checkpoint is not set" in r.getMessage()]
+
+  for paper in (sr_ixi_x2, sr_fastmri_x4):
+    found = warnings(paper.get_config())
+    assert len(found) == 1 and "pre-trained" in found[0] and "from scratch" in found[0], found
+  with_weights = sr_ixi_x2.get_config()
+  with_weights.vit.init_checkpoint = "/weights/UNETR_model_best_acc.pt"
+  sr_only = sr_ixi_x2.get_config()
+  sr_only.stages = ("sr",)
+  for quiet in (demo.get_config(), tiny.get_config(), with_weights, sr_only):
+    assert warnings(quiet) == []

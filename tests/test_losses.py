@@ -267,3 +267,43 @@ def test_frozen_extractors_get_no_gradient():
   # A small step along those gradients lowers the feature loss with the extractor unchanged.
   new_gen = jax.tree.map(lambda p, g: p - 0.05 * g, gen_params, g_grads)
   assert float(loss_fn(new_gen, ext_params)) < float(loss_fn(gen_params, ext_params))
+
+
+def test_ae_frame_pads_sr_images_to_the_autoencoders_training_frame():
+  """`sr.loss.ae_frame="ae"`: the AE encoder of L_str / L_tex sees SR output and target centre
+  zero-padded to `ae.crop_size`, as the pipeline padded its training slices (IXI: 240² in 256²);
+  "sr": the SR crop as it is. A frame already that large is never cropped."""
+  from configs import tiny
+  from mrsr_jax import features
+  config = tiny.get_config()
+  config.ae.crop_size = 48
+  rng = np.random.default_rng(3)
+  images = jnp.asarray(rng.uniform(size=(2, 32, 32, 1)).astype(np.float32))
+  enc = features.ae_encoder(config)
+  frozen = {"ae_enc": enc.init(jax.random.key(0), jnp.zeros((1, 48, 48, 1)))["params"]}
+  which = {"z_s", "z_t"}
+
+  def direct(x):
+    z_s, z_t = enc.apply({"params": frozen["ae_enc"]}, x)
+    return {"z_s": z_s, "z_t": z_t}
+
+  config.sr.loss.ae_frame = "ae"
+  padded = features.extract(config, frozen, images, which)
+  ref = direct(jnp.pad(images, ((0, 0), (8, 8), (8, 8), (0, 0))))
+  # 32² in a 48² frame: 8 pixels a side, half a cell of the encoder's fourth pooling (IXI's 240² in
+  # 256² likewise), so z_t is pooled over another grid than without the frame.
+  assert padded["z_s"].shape == (2, 12, 12, config.ae.model.structure_channels)
+  for k in which:
+    np.testing.assert_allclose(padded[k], ref[k], rtol=1e-5, atol=1e-6)
+  big = jnp.asarray(rng.uniform(size=(2, 64, 64, 1)).astype(np.float32))
+  np.testing.assert_array_equal(features.extract(config, frozen, big, which)["z_t"], direct(big)["z_t"])
+
+  config.sr.loss.ae_frame = "sr"
+  plain = features.extract(config, frozen, images, which)
+  assert plain["z_s"].shape == (2, 8, 8, config.ae.model.structure_channels)
+  np.testing.assert_allclose(plain["z_t"], direct(images)["z_t"], rtol=1e-5, atol=1e-6)
+  assert not np.allclose(plain["z_t"], padded["z_t"], rtol=1e-3, atol=1e-5)   # the choice matters
+
+  config.sr.loss.ae_frame = "crop"
+  with pytest.raises(ValueError, match="sr.loss.ae_frame must be 'ae' or 'sr'"):
+    features.extract(config, frozen, images, which)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from mrsr_jax import sharding
+from mrsr_jax import losses, sharding
 from mrsr_jax.data import records
 from mrsr_jax.train import checkpoints, loop, pipeline
-from mrsr_jax.train.stage_sr import SRStage
+from mrsr_jax.train.stage_sr import SRStage, make_lr
 
 
 def latest_params(workdir, stage_name):
@@ -211,3 +211,85 @@ def test_kill_9_during_a_save_then_restart_resumes_and_equals_uninterrupted(trai
   assert step == steps
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_state.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# -- how G and D meet in the SR step (sr.disc_bn_in_g, sr.gd_update; paper_deviations.md) ------------
+@pytest.fixture(scope="module")
+def sr_step(sample_data_dir):
+  """A tiny SR stage whose loss is pixel + adversarial only (no frozen extractors needed), its fresh
+  state after one D pass in train mode (so D's running statistics are not their initial 0 / 1), a real
+  training batch, its HR and LR (the config's one degradation) and G's output on it."""
+  config = tiny_config(sample_data_dir)
+  config.sr.lr_mix.update(bicubic=0.0, gaussian=0.0, kspace=0.0)     # LR = make_lr, no randomness
+  config.sr.loss.update(adv_weight=1.0, lambda_vit=0.0, lambda_str=0.0, lambda_tex=0.0)
+  stage = SRStage(config, "/nonexistent")
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  init, _ = loop.init_state(stage, mesh)
+  state = init(jax.random.key(config.seed))
+  batch = jax.device_get(next(loop.train_iterator(stage, config, 0, mesh)))
+  hr = jnp.asarray(batch["hr"], jnp.float32)
+  _, warm_stats = stage._disc(state.params["disc"], state.batch_stats["disc"], jnp.flip(hr, 1))
+  state = state.replace(batch_stats={**state.batch_stats, "disc": warm_stats})
+  lr = make_lr(config, hr)
+  sr, _ = stage._generate(state.params["gen"], state.batch_stats["gen"], lr, train=True)
+  return stage, state, batch, hr, sr
+
+
+def _step(stage, state, batch, **fields):
+  """One SR update with `fields` of config.sr set (a fresh function: jit would reuse the trace of a
+  bound method it has seen, whatever the config says now)."""
+  stage.cfg.update(fields)
+  return jax.device_get(jax.jit(lambda *a: stage.update(*a))(state, batch, jax.random.key(1), {}))
+
+
+def test_disc_batchnorm_in_the_generator_loss(sr_step):
+  """'train' normalises D's logits on SR by the SR batch alone, 'eval' by D's running statistics (one
+  item's logit independent of the others), 'joint' by the [HR; SR] batch of D's own step; and the
+  step's L_adv is computed from the logits the mode says."""
+  stage, state, batch, hr, sr = sr_step
+  dp, ds = state.params["disc"], state.batch_stats["disc"]
+  other_sr = sr.at[1:].set(jnp.flip(sr[1:], 2))    # item 0 unchanged, the rest of the batch changed
+  other_hr = jnp.flip(hr, 2)
+  logits = {}
+  for mode in ("train", "eval", "joint"):
+    stage.cfg.disc_bn_in_g = mode
+    f = lambda h, s: np.asarray(stage._fake_logits_for_g(dp, ds, h, s)).ravel()
+    logits[mode] = f(hr, sr)
+    changes_with_batch = not np.allclose(f(hr, other_sr)[0], logits[mode][0], rtol=1e-5, atol=1e-6)
+    changes_with_hr = not np.allclose(f(other_hr, sr), logits[mode], rtol=1e-5, atol=1e-6)
+    assert (changes_with_batch, changes_with_hr) == {"train": (True, False), "eval": (False, False),
+                                                     "joint": (True, True)}[mode], mode
+  np.testing.assert_allclose(logits["eval"], np.asarray(stage.disc.apply(
+      {"params": dp, "batch_stats": ds}, sr, train=False)).ravel(), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(logits["joint"], np.asarray(
+      stage._disc(dp, ds, jnp.concatenate([hr, sr]))[0][len(hr):]).ravel(), rtol=1e-5, atol=1e-6)
+  assert not np.allclose(logits["train"], logits["eval"]) and not np.allclose(logits["eval"],
+                                                                                logits["joint"])
+  # That the step takes L_adv from the mode's logits is checked in the next test ("train", "eval").
+
+
+def test_alternating_updates_take_g_against_the_updated_d(sr_step):
+  """'alternating' (SRGAN's order): D's update is the same as 'simultaneous' (both see G's output
+  before the step), but G's L_adv — and so its gradient — comes from D after its update."""
+  stage, state, batch, hr, sr = sr_step
+  # Two compiled steps serve two checks: the orders, and that the step's L_adv follows disc_bn_in_g.
+  sim, m_sim = _step(stage, state, batch, disc_bn_in_g="train", gd_update="simultaneous")
+  alt, m_alt = _step(stage, state, batch, disc_bn_in_g="eval", gd_update="alternating")
+  assert int(sim.step) == int(alt.step) == int(state.step) + 1
+  for a, b in zip(jax.tree.leaves((sim.params["disc"], sim.batch_stats["disc"])),
+                  jax.tree.leaves((alt.params["disc"], alt.batch_stats["disc"]))):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  assert float(m_sim["d_loss"]) == pytest.approx(float(m_alt["d_loss"]), rel=1e-6)
+
+  def adv(mode, disc_params, disc_stats):   # G's L_adv against a given D
+    stage.cfg.disc_bn_in_g = mode
+    return float(losses.generator_adv_loss(stage._fake_logits_for_g(disc_params, disc_stats, hr, sr)))
+
+  old_d, new_d = (state.params["disc"], state.batch_stats["disc"]), (alt.params["disc"],
+                                                                       alt.batch_stats["disc"])
+  assert float(m_sim["g_adv"]) == pytest.approx(adv("train", *old_d), rel=1e-5)
+  assert float(m_alt["g_adv"]) == pytest.approx(adv("eval", *new_d), rel=1e-5)
+  assert abs(adv("eval", *new_d) - adv("eval", *old_d)) > 1e-4     # the updated D is another D
+  # Different L_adv gradients, different generators after the step.
+  assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(sim.params["gen"]),
+                                                   jax.tree.leaves(alt.params["gen"])))
