@@ -31,7 +31,7 @@ from typing import Any, Iterator, Sequence
 
 import tensorflow_datasets as tfds
 
-from data_prep.volumes import BadInputError
+from mrsr_jax.data.volumes import BadInputError
 from data_prep.writer import VolumeSource
 from mrsr_jax.data import records
 
@@ -265,7 +265,7 @@ def nifti_orientation(source, name: str) -> str:
   import nibabel as nib
   from nibabel import orientations
 
-  from data_prep import volumes
+  from mrsr_jax.data import volumes
 
   try:
     if isinstance(source, (bytes, bytearray)):

@@ -21,63 +21,30 @@ reported and never takes a place in a split.
 
 from __future__ import annotations
 
+import functools
 import os
-import xml.etree.ElementTree as ET
 
 import numpy as np
 
 from data_prep import ixi, volumes
 from data_prep.writer import VolumeSource, file_stamp
+# Opening, the structure checks, the key order and the k-space reconstruction are predict's too.
+# image_to_kspace: the tests make k-space with it.
+from mrsr_jax.data.fastmri import (RECON_KEYS, file_spaces, image_dataset, image_to_kspace,  # noqa: F401
+                                   kspace_to_image, open_file, voxel_size)
 
 NAME = "fastmri"
 ACQUISITIONS = {"CORPD_FBK": "PD", "CORPDFS_FBK": "FSPD"}
 TARGET_HW = (320, 320)
-from mrsr_jax.data.fastmri import RECON_KEYS  # noqa: E402  (one order for data_prep and predict)
-
-
-def kspace_to_image(kspace: np.ndarray, coil_axis: int | None) -> np.ndarray:
-  """Magnitude image of one slice's k-space [(coils,) H, W]: centred orthonormal IFFT, then RSS."""
-  axes = (-2, -1)
-  image = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(kspace, axes=axes), axes=axes, norm="ortho"), axes=axes)
-  if coil_axis is None:
-    return np.abs(image).astype(np.float32)
-  return np.sqrt(np.sum(np.abs(image) ** 2, axis=coil_axis)).astype(np.float32)
-
-
-def image_to_kspace(image: np.ndarray) -> np.ndarray:
-  """The inverse of `kspace_to_image`'s transform (centred orthonormal 2D FFT); used by the tests."""
-  axes = (-2, -1)
-  return np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(image, axes=axes), axes=axes, norm="ortho"), axes=axes)
 
 
 def _spacing(f) -> tuple[float, float, float]:
   """(row, col, slice) mm from the ISMRMRD header's reconSpace; 1 mm where it is absent/unreadable."""
-  if "ismrmrd_header" not in f:
-    return (1.0, 1.0, 1.0)
-
-  def child(node, tag):  # namespace-agnostic: fastMRI headers use the ISMRMRD namespace
-    return next(c for c in node if c.tag.split("}")[-1] == tag)
-
   try:
-    recon = child(child(ET.fromstring(bytes(f["ismrmrd_header"][()])), "encoding"), "reconSpace")
-    fov, mat = child(recon, "fieldOfView_mm"), child(recon, "matrixSize")
-    value = lambda node, tag: float(child(node, tag).text)
-    return (value(fov, "y") / value(mat, "y"), value(fov, "x") / value(mat, "x"), value(fov, "z"))
-  except Exception:  # an unreadable header only costs the spacing metadata, not the image
-    return (1.0, 1.0, 1.0)
-
-
-def _open(path: str):
-  import h5py
-
-  if not os.path.isfile(path):
-    raise volumes.BadInputError(path, "no such file")
-  if os.path.getsize(path) == 0:
-    raise volumes.BadInputError(path, "empty file (0 bytes)")
-  try:
-    return h5py.File(path, "r")
-  except Exception as e:  # HDF5 also detects a truncated file here (its end-of-file address)
-    raise volumes.BadInputError(path, f"not a readable HDF5 file, truncated or not .h5 ({type(e).__name__}: {e})") from e
+    space = file_spaces(f).get("reconSpace")
+  except ValueError:  # an unreadable header only costs the spacing metadata, not the image
+    space = None
+  return voxel_size(space, TARGET_HW) if space else (1.0, 1.0, 1.0)
 
 
 def _image_dataset(f, path: str):
@@ -89,27 +56,7 @@ def _image_dataset(f, path: str):
   if acq not in ACQUISITIONS:
     raise volumes.BadInputError(
         path, f"unknown acquisition {acq!r}: only CORPD_FBK (PD) and CORPDFS_FBK (FS-PD) are used; skipped")
-  try:
-    key = next((k for k in RECON_KEYS if k in f), None)
-    if key is not None:
-      data = f[key]
-      if data.ndim != 3 or np.iscomplexobj(np.empty(0, data.dtype)) or data.dtype.kind not in "fiu":
-        raise volumes.BadInputError(path, f"'{key}' must be real [slices, H, W], got {data.dtype} {data.shape}")
-    elif "kspace" in f:
-      key = "kspace"
-      data = f["kspace"]
-      if data.ndim not in (3, 4) or not np.iscomplexobj(np.empty(0, data.dtype)):
-        raise volumes.BadInputError(
-            path, f"'kspace' must be complex [slices, (coils,) H, W], got {data.dtype} {data.shape}")
-    else:
-      raise volumes.BadInputError(
-          path, f"no {', '.join(repr(k) for k in RECON_KEYS)} or 'kspace' dataset (has {sorted(f.keys())})")
-  except volumes.BadInputError:
-    raise
-  except Exception as e:  # a corrupt object header
-    raise volumes.BadInputError(path, f"cannot read the file's structure, corrupt ({type(e).__name__}: {e})") from e
-  if data.shape[0] == 0 or 0 in data.shape:
-    raise volumes.BadInputError(path, f"'{key}' is empty (shape {data.shape})")
+  key, data = image_dataset(f, path)
   return ACQUISITIONS[acq], key, data
 
 
@@ -117,13 +64,13 @@ def check_file(path: str) -> str:
   """The file's contrast; raises BadInputError unless `path` opens and has a usable image (its
   structure, not every voxel: multi-coil k-space is too big to read twice; data problems are caught
   when it is converted)."""
-  with _open(path) as f:
+  with open_file(path) as f:
     return _image_dataset(f, path)[0]
 
 
 def read_image(path: str) -> tuple[np.ndarray, str, tuple[float, float, float], str]:
   """(magnitude volume [slices, 320, 320] float32, contrast, spacing, which data was used)."""
-  with _open(path) as f:
+  with open_file(path) as f:
     contrast, key, data = _image_dataset(f, path)
     try:
       if key != "kspace":
@@ -217,7 +164,7 @@ def build(manual_dir: str, *, seed: int = ixi.SPLIT_SEED, progress: bool = False
   """(sources, bad, notes, settings) for the builder. The split is dealt among every good file, then
   `contrasts` are kept, so a file is in the same split in every builder config."""
   split, bad, notes = split_files(manual_dir, seed)
-  sources = [VolumeSource(key=p, split=s, load=lambda p=p: load_with_orientation(p), stamp=file_stamp(p),
+  sources = [VolumeSource(key=p, split=s, load=functools.partial(load_with_orientation, p), stamp=file_stamp(p),
                           subject=os.path.splitext(os.path.basename(p))[0], contrast=_CONTRAST[p])
              for p, s in sorted(split.items())]
   kept = [s for s in sources if s.contrast in contrasts]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import os
 import re
 import tarfile
@@ -306,8 +307,9 @@ def make_sources(
     if split is None:
       unused += 1
       continue
-    load = lambda f=f: load_with_orientation(f, dataset=dataset, target_hw=target_hw,
-                                             max_slices=max_slices, resample_mm=resample_mm)
+    # A partial of a module function, not a lambda: Beam pickles the sources to its workers.
+    load = functools.partial(load_with_orientation, f, dataset=dataset, target_hw=target_hw,
+                             max_slices=max_slices, resample_mm=resample_mm)
     sources.append(VolumeSource(key=f.key, split=split, load=load, stamp=file_stamp(f.path),
                                 subject=f.subject, contrast=f.contrast))
   notes = [f"{unused} volume(s) beyond the 500/70/6 split sizes left unused"] if unused else []

@@ -28,6 +28,7 @@ training slices, which flatters any model.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -130,14 +131,14 @@ def build(manual_dir: str | None = None, *, seed: int = ixi.SPLIT_SEED, progress
     if path is None:
       notes.append(f"{package} has no {'/'.join(parts)}; {subject} skipped")
       continue
-    load = lambda p=path, s=subject, c=contrast, m=max_slices: _load_package_volume(p, s, c, m)
+    load = functools.partial(_load_package_volume, path, subject, contrast, max_slices)  # picklable (Beam)
     sources.append(VolumeSource(key=path, split="train", load=load, stamp=file_stamp(path), subject=subject,
                                 contrast=contrast))
   path = _package_file(DIPY_SLICE[1], *DIPY_SLICE[2])
   if path is None:
     notes.append(f"dipy has no {'/'.join(DIPY_SLICE[2])}; {DIPY_SLICE[0]} skipped")
   else:
-    sources.append(VolumeSource(key=path, split="train", load=lambda p=path: load_dipy_slice(p),
+    sources.append(VolumeSource(key=path, split="train", load=functools.partial(load_dipy_slice, path),
                                 stamp=file_stamp(path), subject=DIPY_SLICE[0], contrast=DIPY_SLICE[3]))
   config = {"dataset": NAME, "target_hw": list(TARGET_HW), "resample_mm": RESAMPLE_MM,
             "mni_slices": MNI_SLICES, "ixi_slices": IXI_SLICES, "ixi_volumes": len(ixi_sources),

@@ -13,6 +13,7 @@ import gzip
 import importlib.util
 import os
 import shutil
+import sys
 import tarfile
 
 import h5py
@@ -532,3 +533,81 @@ def test_fastmri_split_by_file_without_folders(tmp_path, mni2mm):
   assert sorted(collections.Counter(split.values()).items()) == [("test", 1), ("train", 3), ("val", 1)]
   assert bad == []
   assert split == fastmri.split_files(str(tmp_path))[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# the TFDS ways in: tfds.load, `tfds build`, Apache Beam
+
+
+def _three_subjects(tmp_path, mni2mm):
+  manual = tmp_path / "IXI"
+  manual.mkdir()
+  for k in range(3):
+    _save(str(manual / f"IXI{400 + k}-HH-{k:04d}-T1.nii.gz"), _subject_volume(mni2mm, k))
+  return manual
+
+
+def _keyed(d, split):
+  return {(r["subject"], int(r["slice_index"])): r for r in _records(d, split)}
+
+
+def _same_records(a, b):
+  for split in records.SPLITS:
+    ra, rb = _keyed(a, split), _keyed(b, split)
+    assert ra.keys() == rb.keys() and ra, split
+    for k in ra:
+      for f in ("image", "spacing", "intensity_scale", "contrast", "source", "orientation"):
+        np.testing.assert_array_equal(ra[k][f], rb[k][f])
+
+
+def test_tfds_load_builds_and_slices(tmp_path, mni2mm, small_ixi):
+  """`tfds.load("ixi/t1", data_dir=..., download_and_prepare_kwargs=...)` after importing the builders;
+  split slicing and the records are TFDS's own, the layout the library reads."""
+  import data_prep.datasets  # noqa: F401  (registers ixi, fastmri, sample with TFDS)
+
+  manual = _three_subjects(tmp_path, mni2mm)
+  out = str(tmp_path / "out")
+  ds, info = tfds.load("ixi/t1", data_dir=out, split="train[:50%]", with_info=True, download_and_prepare_kwargs={
+      "download_config": tfds.download.DownloadConfig(manual_dir=str(manual))})
+  assert info.splits["train"].num_examples == 12 and info.features["image"].shape == (64, 64)
+  half = list(tfds.as_numpy(ds))
+  assert len(half) == 6 and all(ex["image"].dtype == np.float32 and ex["orientation"] == b"RA" for ex in half)
+  lib = records.read_info(os.path.join(out, "ixi", "t1"))
+  assert lib["labels"] == ["ixi/T1"] and lib["splits"]["train"]["num_examples"] == 12
+
+
+def _has(module):
+  return importlib.util.find_spec(module) is not None
+
+
+@pytest.mark.skipif(not (_has("apache_beam") and _has("mlcroissant")),
+                    reason="`tfds build` needs apache-beam and mlcroissant (TFDS 4.9's CLI imports both): "
+                           "pip install 'mrsr_jax[beam]'")
+def test_tfds_build_cli_gives_the_front_doors_records(tmp_path, mni2mm, small_ixi):
+  from tensorflow_datasets.scripts.cli import main as tfds_cli
+
+  manual = _three_subjects(tmp_path, mni2mm)
+  builder_dir = os.path.join(os.path.dirname(__file__), "..", "data_prep", "datasets", "ixi")
+  tfds_cli.main(tfds_cli._parse_flags(["tfds", "build", builder_dir, "--config=t1", f"--manual_dir={manual}",
+                                       f"--data_dir={tmp_path / 'cli'}"]))
+  assert _run(["--dataset=ixi/t1", f"--manual_dir={manual}", f"--data_dir={tmp_path / 'door'}"]) == 0
+  _same_records(str(tmp_path / "cli" / "ixi" / "t1"), str(tmp_path / "door" / "ixi" / "t1"))
+
+
+@pytest.mark.skipif(not _has("apache_beam"), reason="the Beam path needs apache-beam: pip install 'mrsr_jax[beam]'")
+def test_beam_direct_runner_gives_the_plain_records(tmp_path, sample_data_dir):
+  """--beam_pipeline_options: the same per-volume conversion as a Beam FlatMap (the DirectRunner
+  here, Dataflow / Spark / Flink at scale) gives the sample's records of the plain build."""
+  assert _run(["--dataset=sample", f"--data_dir={tmp_path}", "--beam_pipeline_options=runner=DirectRunner"]) == 0
+  _same_records(os.path.join(sample_data_dir, "sample"), str(tmp_path / "sample"))
+  info = records.read_info(str(tmp_path / "sample"))
+  assert any("Apache Beam" in n for n in info["notes"])
+  assert info["splits"]["test"]["subjects"] == ["IXI014"] and info["labels"] == ["sample/B0", "sample/T1"]
+
+
+def test_beam_options_without_beam_is_one_line(tmp_path, monkeypatch, capsys):
+  monkeypatch.setitem(sys.modules, "apache_beam", None)  # as if not installed
+  rc = cli.main(["--dataset=sample", f"--data_dir={tmp_path}", "--beam_pipeline_options=runner=DirectRunner"])
+  err = capsys.readouterr().err.strip()
+  assert rc == 1 and err == "error: --beam_pipeline_options needs Apache Beam: pip install 'mrsr_jax[beam]' (or apache-beam)"
+  assert not os.listdir(tmp_path)
