@@ -1,15 +1,21 @@
 """2× super-resolution on fastMRI knee (PD, FS-PD), Table 2: the paper's settings (4.1, App. B).
 
+One model on PD and FS-PD together, as Table 2's one fastMRI column (the default, `both`); `:pd` or
+`:fspd` after the file name trains on one contrast (configs/contrast.py, docs/paper_deviations.md).
+data_prep keeps every PD / FS-PD volume of fastMRI's train and val folders, not the paper's 227 + 24
+pairs (see there).
+
   python -m data_prep --dataset=fastmri --manual_dir=/path/to/download --data_dir=data
   python run.py --config=configs/sr_fastmri_x2.py --workdir=runs/fastmri_x2
 """
 
-from configs import base
+from configs import base, contrast as contrast_lib
 
 
-def get_config():
+def get_config(contrast: str = ""):
   config = base.get_config()
   config.dataset = "fastmri"
+  config.contrast = contrast_lib.select("fastmri", contrast)
   config.scale = 2
   config.crop_size = 320
   config.eval.size = 320

@@ -291,3 +291,23 @@ def test_paper_vit_trained_from_scratch_is_warned(caplog):
   sr_only.stages = ("sr",)
   for quiet in (demo.get_config(), tiny.get_config(), with_weights, sr_only):
     assert warnings(quiet) == []
+
+
+def test_paper_config_contrast_argument(capsys, tmp_path):
+  """IXI paper configs train one contrast (default T1, as Table 1's columns and the paper's 48,000-slice
+  set), picked after ':'; fastMRI ones both contrasts (Table 2's one column); an unknown name is one
+  line naming the choices, before anything is made."""
+  from conftest import ROOT
+  from mrsr_jax import api
+  assert api.load_config("sr_ixi_x2").contrast == "t1"
+  assert api.load_config("sr_ixi_x4:t2").contrast == "t2"
+  assert api.load_config("sr_ixi_x4:all").contrast == ""          # the dataset's default set: all three
+  assert api.load_config("sr_fastmri_x2").contrast == ""          # PD and FS-PD
+  assert api.load_config("sr_fastmri_x4:fspd").contrast == "fspd"
+  ablation = api.load_config("ablation_str_vit:ixi_x2:pd")
+  assert (ablation.contrast, ablation.sr.features_workdir) == ("pd", "runs/ixi_x2_pd")
+  assert api.load_config("ablation_vit:ixi_x4").sr.features_workdir == "runs/ixi_x4"
+  rc, lines = cli(capsys, f"--config={ROOT}/configs/sr_ixi_x2.py:t3", f"--workdir={tmp_path}/w")
+  assert rc == 2 and len(lines) == 1, lines
+  assert re.search(r"sr_ixi_x2.py:t3: .*unknown contrast 't3'.*choose one of t1, t2, pd, all", lines[0])
+  assert not (tmp_path / "w").exists()
