@@ -311,3 +311,18 @@ def test_paper_config_contrast_argument(capsys, tmp_path):
   assert rc == 2 and len(lines) == 1, lines
   assert re.search(r"sr_ixi_x2.py:t3: .*unknown contrast 't3'.*choose one of t1, t2, pd, all", lines[0])
   assert not (tmp_path / "w").exists()
+
+
+def test_classify_pretext_on_a_one_label_set_stops_before_training(capsys, tmp_path, tiny_cli, monkeypatch):
+  """vit.pretext='classify' on a set of one dataset/contrast label (one IXI contrast, as the paper
+  configs now train) would train nothing (cross-entropy 0 for one class): one line, before the workdir
+  is made."""
+  from mrsr_jax.data import records
+  real = records.read_info
+  monkeypatch.setattr(records, "read_info", lambda d: {**real(d), "labels": ["sample/T1"]})
+  workdir = tmp_path / "w"
+  rc, lines = cli(capsys, *tiny_cli, f"--workdir={workdir}", "--config.vit.pretext=classify")
+  assert rc == 2 and len(lines) == 1, lines
+  assert re.search(r"vit.pretext='classify' needs slices of at least two labels .*\['sample/T1'\]"
+                   r".*use vit.pretext='masked_patch'", lines[0]), lines[0]
+  assert not workdir.exists()

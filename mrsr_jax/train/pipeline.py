@@ -16,7 +16,7 @@ from mrsr_jax.data import records
 from mrsr_jax.train import loop
 from mrsr_jax.train.stage_ae import AEStage
 from mrsr_jax.train.stage_sr import SRStage
-from mrsr_jax.train.stage_vit import ViTStage
+from mrsr_jax.train.stage_vit import ViTStage, num_pretext_classes
 
 STAGES = {"vit": ViTStage, "ae": AEStage, "sr": SRStage}
 
@@ -27,6 +27,8 @@ def validate(config: ml_collections.ConfigDict, mesh=None) -> None:
   mesh = mesh or sharding.make_mesh()
   config_check.validate(config, num_devices=mesh.devices.size, num_processes=jax.process_count())
   records.check_split(loop.dataset_dir(config), "train")   # not prepared / empty: fail now, clearly
+  if "vit" in config.stages:
+    num_pretext_classes(config)    # a 'classify' pretext on a one-label set: fail now, not train nothing
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:

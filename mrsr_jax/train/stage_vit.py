@@ -52,6 +52,21 @@ def corrupt_patches(images: jax.Array, rng: jax.Array, *, patch: int, ratio: flo
   return unpatchify(corrupted, h, w, patch), targets, mask
 
 
+def num_pretext_classes(config) -> int:
+  """The pretext head's classes: `num_bins`, or for "classify" the prepared set's labels (dataset/
+  contrast), of which there must be two or more: with one the cross-entropy is 0 whatever the ViT
+  does, and it would not train at all (e.g. one IXI contrast, `config.contrast="t1"`)."""
+  if config.vit.pretext != "classify":
+    return config.vit.num_bins
+  info = records.read_info(loop.dataset_dir(config))
+  if len(info["labels"]) < 2:
+    raise ValueError(
+        f"vit.pretext='classify' needs slices of at least two labels (dataset/contrast) to tell apart; "
+        f"{info['path']} has {info['labels']} (config.contrast={config.get('contrast', '')!r}): use "
+        f"vit.pretext='masked_patch' or a set with several contrasts")
+  return len(info["labels"])
+
+
 class ViTStage(loop.Stage):
   name = "vit"
 
@@ -59,11 +74,7 @@ class ViTStage(loop.Stage):
     super().__init__(config, workdir)
     if self.cfg.pretext not in ("masked_patch", "classify"):
       raise ValueError(f"unknown vit.pretext '{self.cfg.pretext}' (masked_patch or classify)")
-    if self.cfg.pretext == "classify":
-      info = records.read_info(loop.dataset_dir(config))
-      self.num_classes = len(info["labels"])
-    else:
-      self.num_classes = self.cfg.num_bins
+    self.num_classes = num_pretext_classes(config)
     self.vit = features.vit_module(config, self.crop_size)
     self.model = vit_lib.PretextViT(vit=_vit_kwargs(self.vit),
                                     num_classes=self.num_classes,
