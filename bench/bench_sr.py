@@ -19,9 +19,21 @@ are off so both frameworks run the same networks), LR made from the 240² HR bat
 (anti-aliased bicubic, 2× and 4×). Ours is the real `SRStage.update` compiled by
 `mrsr_jax.train.step.compile_step`; PyTorch's is `bench/torch_reference.py`.
 
-PyTorch on CPU: `--torch_threads=auto` (default) times the warm-up calls with 1 thread and with one
-per core and keeps the faster: on a loaded machine OpenMP's spinning barriers can make the
-multi-threaded run several times slower than one thread, and the baseline should be PyTorch at its best.
+Equal threads (CPU): every worker is pinned to the same `--threads` CPUs (default: all), so XLA's
+thread pool (sized from the CPU affinity) and PyTorch (`torch.set_num_threads`) get the same cores.
+`--torch_threads=auto` instead gives PyTorch the faster of 1 thread and `--threads` on a warm call
+(the old protocol: it hid PyTorch's multi-threaded speed behind a loaded machine's OpenMP stalls).
+
+Load (issue 13): the 1-minute load average is read before and after every row. A ratio is only
+printed when both are at most the core count (`--max_load`, default: the machine's CPUs); otherwise
+the row says "load X > cores N: ratio not reported" (times are still printed, for the record). Each
+row also prints the CPU time per step (all threads, `time.process_time`), which a busy machine
+disturbs less than the wall clock, and the CPU time other processes used during the row ("others").
+
+Rows: `train` (the step above), `infer` (one generator call on `--infer_batch` LR slices) and
+`volume` (`--volume_slices` slices of one size through ours' `mrsr_jax.predict.super_resolve` in
+batches of `--volume_batch`, 0 = `predict.auto_batch_size`'s choice; PyTorch loops over the same batches
+under `inference_mode`): ms per slice, and s per 256-slice volume from the measured pass.
 """
 
 from __future__ import annotations
@@ -50,18 +62,35 @@ def rss_mb() -> tuple[float, float]:
   return cur, peak
 
 
+CPU_TIMES: list[float] = []   # process CPU seconds of each steady call of the last `timeit`
+
+
+def pin_cpus(threads: int | None) -> None:
+  """Restricts this process to the first `threads` CPUs it may use (before jax / torch start their
+  thread pools: XLA sizes its pool from this affinity), so both frameworks get the same cores."""
+  if threads:
+    cpus = sorted(os.sched_getaffinity(0))
+    if threads > len(cpus):
+      raise SystemExit(f"--threads={threads}: only {len(cpus)} CPUs are available")
+    os.sched_setaffinity(0, cpus[:threads])
+
+
 def timeit(fn, sync, iters: int, warmup: int) -> tuple[float, list[float]]:
-  """(first-call seconds, steady per-call seconds): compile + first run apart from the steady state."""
+  """(first-call seconds, steady per-call seconds): compile + first run apart from the steady state.
+
+  The steady calls' process CPU time (all threads) goes to CPU_TIMES."""
   t0 = time.perf_counter()
   sync(fn())
   first = time.perf_counter() - t0
   for _ in range(warmup):
     sync(fn())
   times = []
+  CPU_TIMES.clear()
   for _ in range(iters):
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     sync(fn())
     times.append(time.perf_counter() - t0)
+    CPU_TIMES.append(time.process_time() - c0)
   return first, times
 
 
@@ -82,9 +111,12 @@ def jax_device() -> str:
 
 
 def pick_torch_threads(fn, requested: str) -> int:
-  """`auto`: the faster of 1 thread and one per core on a warm call (see the module docstring)."""
+  """`auto`: the faster of 1 thread and one per allowed CPU on a warm call (see the module docstring);
+  `same`: one per allowed CPU, as XLA; else the number given."""
   import torch
-  ncpu = os.cpu_count() or 1
+  ncpu = len(os.sched_getaffinity(0)) or 1
+  if requested == "same":
+    requested = str(ncpu)
   if requested != "auto":
     torch.set_num_threads(int(requested))
     return int(requested)
@@ -103,6 +135,7 @@ def pick_torch_threads(fn, requested: str) -> int:
 
 # -- workers (one measurement each, in a subprocess) -------------------------------------------------
 def worker_jax(spec: dict) -> dict:
+  pin_cpus(spec.get("threads"))
   sys.path.insert(0, ROOT)
   import jax
   import jax.numpy as jnp
@@ -129,6 +162,7 @@ def worker_jax(spec: dict) -> dict:
   rng = np.random.default_rng(0)
   b, m, s = spec["batch"], spec["size"], spec["scale"]
   base_rss, _ = rss_mb()
+  extra = {}
   if spec["task"] == "train":
     stage = SRStage(config, "/tmp/unused")
     init, _ = loop.init_state(stage, mesh)
@@ -144,18 +178,33 @@ def worker_jax(spec: dict) -> dict:
       return metrics["g_total"]
   else:
     gen = generator(config)
-    lr = sharding.to_global(rng.random((b, m // s, m // s, 1), np.float32), mesh)
-    variables = jax.jit(lambda k: gen.init(k, lr[:1], train=False))(jax.random.key(0))
-    apply = jax.jit(lambda v, x: gen.apply(v, x.astype(jnp.dtype(config.dtype)), train=False))
+    lr_shape = (m // s, m // s)
+    variables = jax.jit(lambda k: gen.init(k, jnp.zeros((1, *lr_shape, 1)), train=False))(jax.random.key(0))
+    apply = lambda x: gen.apply(variables, x.astype(jnp.dtype(config.dtype)), train=False)
+    if spec["task"] == "infer":
+      lr = sharding.to_global(rng.random((b, *lr_shape, 1), np.float32), mesh)
+      apply_jit = jax.jit(apply)
 
-    def fn():
-      return apply(variables, lr)
+      def fn():
+        return apply_jit(lr)
+    else:   # volume: the predict path, slices -> batches -> device -> generator -> host
+      from mrsr_jax import predict
+      slices = rng.random((spec["volume_slices"], *lr_shape), np.float32)
+      if spec["volume_batch"]:
+        call, vb = jax.jit(apply), spec["volume_batch"]
+      else:
+        call, vb = predict.plan_batches(apply, lr_shape, spec["volume_slices"], mesh)
+      extra = {"volume_batch": vb}
+
+      def fn():
+        return predict.super_resolve(call, slices, vb, mesh)
   first, times = timeit(fn, jax.block_until_ready, spec["iters"], spec["warmup"])
-  return {"first_s": first, "times": times, **jax_memory(base_rss), "device": jax_device(),
-          "threads": None}
+  return {"first_s": first, "times": times, "cpu_times": list(CPU_TIMES), **jax_memory(base_rss),
+          "device": jax_device(), "threads": len(os.sched_getaffinity(0)), **extra}
 
 
 def worker_torch(spec: dict) -> dict:
+  pin_cpus(spec.get("threads"))
   sys.path.insert(0, os.path.join(ROOT, "bench"))
   import torch
   import torch_reference as tr
@@ -169,6 +218,7 @@ def worker_torch(spec: dict) -> dict:
   torch.manual_seed(0)
   hr = torch.rand(b, 1, m, m, device=dev).contiguous(memory_format=cl)
   lr = torch.rand(b, 1, m // s, m // s, device=dev).contiguous(memory_format=cl)
+  extra = {}
   if spec["task"] == "train":
     disc = tr.SRDiscriminator().to(dev).to(memory_format=cl)
     opt_g = torch.optim.AdamW(gen.parameters(), 1e-4, weight_decay=0.1)
@@ -183,10 +233,22 @@ def worker_torch(spec: dict) -> dict:
   else:
     gen.eval()
     g = torch.compile(gen) if spec["framework"] == "torch_compile" else gen
+    if spec["task"] == "volume":
+      # The same slices in the same batches as ours (the batch ours chose is passed in).
+      n, vb = spec["volume_slices"], spec["volume_batch"] or 16
+      vol = torch.rand(n, 1, m // s, m // s, device=dev)
+      extra = {"volume_batch": vb}
 
-    def fn():
-      with torch.inference_mode(), torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
-        return g(lr)
+      def fn():
+        out = []
+        with torch.inference_mode(), torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
+          for i in range(0, n, vb):
+            out.append(g(vol[i:i + vb].contiguous(memory_format=cl)).float().cpu())
+        return torch.cat(out)
+    else:
+      def fn():
+        with torch.inference_mode(), torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
+          return g(lr)
 
   def sync(_):
     if dev.type == "cuda":
@@ -209,7 +271,8 @@ def worker_torch(spec: dict) -> dict:
     _, peak = rss_mb()
     mem = {"peak_mb": peak, "growth_mb": peak - base_rss}
   name = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"
-  return {"first_s": first, "times": times, **mem, "device": f"{dev.type}:{name}", "threads": threads}
+  return {"first_s": first, "times": times, "cpu_times": list(CPU_TIMES), **mem,
+          "device": f"{dev.type}:{name}", "threads": threads, **extra}
 
 
 # -- driver ------------------------------------------------------------------------------------------
@@ -236,25 +299,71 @@ def summarise(results: dict[str, list[dict]], batch: int) -> dict[str, dict]:
       continue
     steps = [statistics.median(r["times"]) for r in rs]
     step_s = statistics.median(steps)
+    cpus = [statistics.median(r["cpu_times"]) for r in rs if r.get("cpu_times")]
     growth = [r["growth_mb"] for r in rs if r.get("growth_mb") is not None]
     med[f] = dict(first=statistics.median(r["first_s"] for r in rs), step=step_s,
                   spread=(min(steps), max(steps)), ips=batch / step_s,
+                  cpu=statistics.median(cpus) if cpus else None,
                   peak=max(r["peak_mb"] for r in rs), growth=max(growth) if growth else None,
-                  device=rs[0]["device"], threads=sorted({r.get("threads") for r in rs} - {None}))
+                  device=rs[0]["device"], threads=sorted({r.get("threads") for r in rs} - {None}),
+                  volume_batch=rs[0].get("volume_batch"))
   return med
 
 
-def print_rows(row: dict, med: dict[str, dict], ref: str = "jax", name_of=None) -> None:
+def load_1min() -> float:
+  try:
+    return os.getloadavg()[0]
+  except OSError:
+    return float("nan")
+
+
+def busy_cpu_s() -> float:
+  """CPU seconds all processes have used since boot (/proc/stat: everything but idle and iowait)."""
+  try:
+    with open("/proc/stat") as f:
+      v = [int(x) for x in f.readline().split()[1:]]
+  except (OSError, ValueError):
+    return float("nan")
+  return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_s() -> float:
+  import resource
+  r = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return r.ru_utime + r.ru_stime
+
+
+def ratio_gate(loads: tuple[float, float], max_load: float) -> str | None:
+  """None if a ratio may be reported, else why not (issue 13: only from a quiet machine)."""
+  worst = max(loads)
+  if worst != worst:      # NaN: no load average on this system
+    return "load unknown: ratio not reported"
+  if worst > max_load:
+    return f"load {worst:.2f} > cores {max_load:g}: ratio not reported"
+  return None
+
+
+def print_rows(row: dict, med: dict[str, dict], ref: str = "jax", name_of=None, gate: str | None = None,
+               load_note: str = "") -> None:
+  per = "volume" if row["task"] == "volume" else "step"
   for f, m in med.items():
-    ratio = f"{med[ref]['ips'] / m['ips']:.2f}×" if ref in med and f != ref else "–"
+    if ref in med and f != ref:
+      ratio = gate or f"{med[ref]['ips'] / m['ips']:.2f}×"
+    else:
+      ratio = "–"
     mem = f"{m['peak']:.0f}" + (f" (+{m['growth']:.0f})" if m["growth"] is not None else "")
     label = name_of(f) if name_of else f
     if m["threads"]:
       label += f" [{','.join(map(str, m['threads']))} thr]"
+    if m.get("volume_batch"):
+      label += f" [batch {m['volume_batch']}]"
     lo, hi = m["spread"]
-    print(f"| {row['task']} | {row['scale']}× | {row['size']} | {row['batch']} | {row['dtype']} | {label} | "
-          f"{m['first']:.1f} | {1e3 * m['step']:.0f} ({1e3 * lo:.0f}–{1e3 * hi:.0f}) | "
-          f"{1e3 * m['step'] / row['batch']:.0f} | {m['ips']:.2f} | {mem} | {ratio} |", flush=True)
+    cpu = f"{1e3 * m['cpu']:.0f}" if m.get("cpu") is not None else ""
+    n = row["volume_slices"] if per == "volume" else row["batch"]
+    vol = f"{256 * m['step'] / n:.1f}" if per == "volume" else ""
+    print(f"| {row['task']} | {row['scale']}× | {row['size']} | {n} | {row['dtype']} | {label} | "
+          f"{m['first']:.1f} | {1e3 * m['step']:.0f} ({1e3 * lo:.0f}–{1e3 * hi:.0f}) | {cpu} | "
+          f"{1e3 * m['step'] / n:.0f} | {vol} | {n / m['step']:.2f} | {mem} | {load_note} | {ratio} |", flush=True)
 
 
 def load_average() -> str:
@@ -264,23 +373,38 @@ def load_average() -> str:
     return "n/a"
 
 
+HEADER = ("| task | scale | HR size | slices | dtype | framework | first call s | ms/call (min–max) "
+          "| CPU ms/call | ms/slice | s per 256-slice volume | images/s | peak MB (+growth) "
+          "| load before → after (others' CPU) | ours/this |")
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--worker", help=argparse.SUPPRESS)
-  p.add_argument("--rows", default="train,infer", help="train, infer or both")
+  p.add_argument("--rows", default="train,infer", help="any of train, infer, volume")
   p.add_argument("--frameworks", default="jax,torch,torch_compile",
                  help="any of jax, jax_xlaconv (ours with XLA's own conv gradients), torch, torch_compile")
   p.add_argument("--scales", default="2,4")
   p.add_argument("--batch", type=int, default=4, help="global batch of the train step")
   p.add_argument("--size", type=int, default=240, help="HR slice size of the train step")
-  p.add_argument("--sizes", default="256,512", help="HR output sizes of the inference rows")
+  p.add_argument("--sizes", default="256,512", help="HR output sizes of the inference and volume rows")
   p.add_argument("--infer_batch", type=int, default=1)
+  p.add_argument("--volume_slices", type=int, default=256, help="slices of the volume rows (s per "
+                 "256-slice volume is scaled from these)")
+  p.add_argument("--volume_batch", type=int, default=0,
+                 help="slices per call in the volume rows; 0: ours plans it (predict.plan_batches) and "
+                      "PyTorch uses the same batch")
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   p.add_argument("--iters", type=int, default=5)
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--timeout", type=int, default=1800)
-  p.add_argument("--torch_threads", default="auto", help="'auto' or a thread count for PyTorch on CPU")
+  p.add_argument("--threads", type=int, default=os.cpu_count(),
+                 help="CPUs every worker is pinned to (XLA's pool and PyTorch's threads alike)")
+  p.add_argument("--torch_threads", default="same",
+                 help="'same' (= --threads), 'auto' (faster of 1 and --threads) or a number")
+  p.add_argument("--max_load", type=float, default=float(os.cpu_count() or 1),
+                 help="no ratio is reported for a row whose 1-min load average before or after is above this")
   p.add_argument("--xla_flags", default=None, help="XLA_FLAGS for the JAX workers (e.g. CPU flags to try)")
   p.add_argument("--matmul_precision", default="", help="jax_default_matmul_precision for the JAX workers")
   p.add_argument("--json", default="", help="also append the raw results to this JSON-lines file")
@@ -296,30 +420,43 @@ def main():
     for s in map(int, args.scales.split(",")):
       sizes = [args.size] if task == "train" else list(map(int, args.sizes.split(",")))
       for size in sizes:
-        batch = args.batch if task == "train" else args.infer_batch
+        batch = {"train": args.batch, "infer": args.infer_batch}.get(task, args.volume_batch)
         rows.append(dict(task=task, scale=s, size=size, batch=batch, dtype=args.dtype,
                          iters=args.iters, warmup=args.warmup, torch_threads=args.torch_threads,
-                         matmul_precision=args.matmul_precision))
+                         threads=args.threads, matmul_precision=args.matmul_precision,
+                         volume_slices=args.volume_slices, volume_batch=args.volume_batch))
   jax_env = {"XLA_FLAGS": args.xla_flags} if args.xla_flags is not None else {}
-  print(f"# {' '.join(sys.argv)}\n# load average at start: {load_average()}; {os.cpu_count()} CPUs")
-  header = ("| task | scale | HR size | batch | dtype | framework | first call s | ms/step (min–max) "
-            "| ms/slice | images/s | peak MB (+growth) | ours/this |")
-  print(header)
-  print("|---" * (header.count("|") - 1) + "|")
+  print(f"# {' '.join(sys.argv)}\n# load average at start: {load_average()}; {os.cpu_count()} CPUs; "
+        f"workers pinned to {args.threads} CPU(s), PyTorch threads: {args.torch_threads}; ratios only "
+        f"where the 1-min load before and after the row is <= {args.max_load:g}")
+  print(HEADER)
+  print("|---" * (HEADER.count("|") - 1) + "|")
   frameworks = args.frameworks.split(",")
   for row in rows:
     results = {f: [] for f in frameworks}
+    load0, busy0, own0, t0 = load_1min(), busy_cpu_s(), children_cpu_s(), time.perf_counter()
     for rep in range(args.repeats):
       order = frameworks[rep % len(frameworks):] + frameworks[:rep % len(frameworks)]
       for f in order:
-        r = run_one(__file__, {**row, "framework": f}, args.timeout,
-                    jax_env if f.startswith("jax") else None)
+        spec = {**row, "framework": f}
+        if row["task"] == "volume" and not row["volume_batch"] and f.startswith("torch"):
+          # PyTorch gets the batch ours planned (same calls), once ours has run.
+          planned = [r.get("volume_batch") for r in results.get("jax", []) if r.get("volume_batch")]
+          spec["volume_batch"] = planned[0] if planned else 16
+        r = run_one(__file__, spec, args.timeout, jax_env if f.startswith("jax") else None)
         if r:
           results[f].append(r)
+    load1 = load_1min()
+    wall = time.perf_counter() - t0
+    others = (busy_cpu_s() - busy0 - (children_cpu_s() - own0)) / wall
+    gate = ratio_gate((load0, load1), args.max_load)
+    note = f"{load0:.2f} → {load1:.2f} ({max(others, 0.0):.2f} cores)"
     if args.json:
       with open(args.json, "a") as fh:
-        fh.write(json.dumps({"row": row, "xla_flags": args.xla_flags, "results": results}) + "\n")
-    print_rows(row, summarise(results, row["batch"]))
+        fh.write(json.dumps({"row": row, "xla_flags": args.xla_flags, "results": results,
+                             "load": [load0, load1], "others_cores": others}) + "\n")
+    n = row["volume_slices"] if row["task"] == "volume" else row["batch"]
+    print_rows(row, summarise(results, n), gate=gate, load_note=note)
   print(f"# load average at end: {load_average()}")
 
 
