@@ -9,7 +9,8 @@ DIR holds fastMRI knee `.h5` files (singlecoil or multicoil), anywhere below it.
     the first axis; k-space is reconstructed one slice at a time to bound memory.
   * attribute `acquisition`: `CORPD_FBK` -> contrast "PD", `CORPDFS_FBK` -> "FSPD"; any other value is
     reported as bad input and skipped (fastMRI knee has only these two).
-  * spacing from `ismrmrd_header` (reconSpace field of view / matrix) when present, else 1 mm.
+  * spacing from `ismrmrd_header` as predict reads it (reconSpace for a stored reconstruction,
+    encodedSpace for k-space; x is the row), else 1 mm.
 Split: fastMRI ships `..._train` and `..._val` folders; when DIR has subfolders with `train` and `val`
 in their names, train files are our train split (a few carved off deterministically as our small
 `val` monitoring split, as for IXI) and fastMRI's val files are our `test` split (the paper reports on
@@ -30,21 +31,22 @@ from data_prep import ixi, volumes
 from data_prep.writer import VolumeSource, file_stamp
 # Opening, the structure checks, the key order and the k-space reconstruction are predict's too.
 # image_to_kspace: the tests make k-space with it.
-from mrsr_jax.data.fastmri import (RECON_KEYS, file_spaces, image_dataset, image_to_kspace,  # noqa: F401
-                                   kspace_to_image, open_file, voxel_size)
+from mrsr_jax.data.fastmri import (RECON_KEYS, file_spaces, image_dataset, image_space,  # noqa: F401
+                                   image_to_kspace, kspace_to_image, open_file, voxel_size)
 
 NAME = "fastmri"
 ACQUISITIONS = {"CORPD_FBK": "PD", "CORPDFS_FBK": "FSPD"}
 TARGET_HW = (320, 320)
 
 
-def _spacing(f) -> tuple[float, float, float]:
-  """(row, col, slice) mm from the ISMRMRD header's reconSpace; 1 mm where it is absent/unreadable."""
+def _spacing(f, key: str, hw: tuple[int, int]) -> tuple[float, float, float]:
+  """(row, col, slice) mm of the image read from `key` (on grid `hw`), by the ISMRMRD header as predict
+  reads it; 1 mm where the header is absent or unreadable (it only costs the spacing metadata)."""
   try:
-    space = file_spaces(f).get("reconSpace")
-  except ValueError:  # an unreadable header only costs the spacing metadata, not the image
+    space = image_space(file_spaces(f), key)
+  except ValueError:
     space = None
-  return voxel_size(space, TARGET_HW) if space else (1.0, 1.0, 1.0)
+  return voxel_size(space, hw) if space else (1.0, 1.0, 1.0)
 
 
 def _image_dataset(f, path: str):
@@ -81,7 +83,7 @@ def read_image(path: str) -> tuple[np.ndarray, str, tuple[float, float, float], 
                         for i in range(data.shape[0])])
     except Exception as e:  # h5py raises OSError for truncated chunks
       raise volumes.BadInputError(path, f"cannot read image data, truncated or corrupt ({type(e).__name__}: {e})") from e
-    spacing = _spacing(f)
+    spacing = _spacing(f, key, tuple(data.shape[-2:]))
   volumes.check_volume(vol, path)
   return vol, contrast, spacing, key
 

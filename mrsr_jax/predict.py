@@ -35,7 +35,6 @@ import functools
 import os
 import tempfile
 
-import h5py
 import jax
 import ml_collections
 import nibabel as nib
@@ -76,58 +75,35 @@ def load_input(path: str, *, frame: int | None = None) -> tuple[np.ndarray, np.n
 
 def _load_fastmri(path: str):
   """[x, y, slices] of the stored reconstruction (RECON_KEYS order, as data_prep), else the RSS of the
-  centred inverse FFT of `kspace` centre-cropped to the reconstruction matrix (fastMRI's convention)."""
-  try:
-    f = h5py.File(path, "r")
-  except Exception as e:
-    raise volumes.BadInputError(
-        path, f"not a readable HDF5 file, truncated or not .h5 ({_why(e)})") from e
-  spaces, key = {}, None
-  with f:
+  centred inverse FFT of `kspace` centre-cropped to the reconstruction matrix (fastMRI's convention).
+  Opening and the structure checks are data_prep's (`mrsr_jax.data.fastmri`)."""
+  with fastmri_format.open_file(path) as f:
+    key, ds = fastmri_format.image_dataset(f, path)
+    hw = tuple(ds.shape[-2:])  # the grid the image is read on, before any crop
     try:
-      if "ismrmrd_header" in f:
-        try:
-          raw = f["ismrmrd_header"][()]
-          spaces = fastmri_format.header_spaces(raw.encode() if isinstance(raw, str) else bytes(raw))
-        except Exception as e:  # the header only carries the voxel size; the image is still good
-          logging.warning("%s: unreadable ismrmrd_header (%s); voxel size unknown", path, _why(e))
-      key = next((k for k in fastmri_format.RECON_KEYS if k in f), None)
-      if key is not None:
-        ds = f[key]
-        if not isinstance(ds, h5py.Dataset) or ds.ndim != 3 or ds.dtype.kind not in "biuf":
-          raise volumes.BadInputError(
-              path, f"'{key}' must be a real [slices, H, W] dataset, got {_describe(ds)}")
+      spaces = fastmri_format.file_spaces(f)
+    except ValueError as e:  # the header only carries the voxel size; the image is still good
+      logging.warning("%s: %s; voxel size unknown", path, _why(e))
+      spaces = {}
+    space = fastmri_format.image_space(spaces, key)
+    try:
+      if key != "kspace":
         vol = np.asarray(ds[()], np.float32)
-        space = spaces.get("reconSpace")
-        hw = vol.shape[1:]
-      elif "kspace" in f:
-        key = "kspace"
-        ds = f[key]
-        if not isinstance(ds, h5py.Dataset) or ds.ndim not in (3, 4) or ds.dtype.kind != "c":
-          raise volumes.BadInputError(
-              path, f"'kspace' must be a complex [slices, (coils,) H, W] dataset, got {_describe(ds)}")
-        hw = ds.shape[-2:]
-        space = spaces.get("encodedSpace")
+      else:
         crop = fastmri_format.DEFAULT_RECON_HW
         if "reconSpace" in spaces:
           rec = spaces["reconSpace"]["matrix"]
           x_rows = space is None or fastmri_format.rows_are_x(space, hw)
           crop = (int(rec[0]), int(rec[1])) if x_rows else (int(rec[1]), int(rec[0]))
+        coil_axis = 0 if ds.ndim == 4 else None
         # One slice at a time bounds memory to a slice's coils.
-        vol = np.stack([volumes.centre_crop_or_pad(_kspace_to_image(ds[i]), crop) for i in range(ds.shape[0])]
-                       ) if ds.shape[0] else np.zeros((0, *crop), np.float32)
-      else:
-        raise volumes.BadInputError(
-            path, f"no {', '.join(repr(k) for k in fastmri_format.RECON_KEYS)} or 'kspace' dataset "
-                  f"(has {sorted(f.keys())})")
-    except volumes.BadInputError:
-      raise
+        vol = np.stack([volumes.centre_crop_or_pad(fastmri_format.kspace_to_image(ds[i], coil_axis), crop)
+                        for i in range(ds.shape[0])])
     except Exception as e:  # h5py raises OSError for truncated chunks
-      raise volumes.BadInputError(
-          path, f"cannot read {repr(key) if key else 'its datasets'}, truncated or corrupt ({_why(e)})") from e
+      raise volumes.BadInputError(path, f"cannot read {key!r}, truncated or corrupt ({_why(e)})") from e
   volumes.check_volume(vol, path)
   if space is not None:
-    spacing = fastmri_format.voxel_size(space, tuple(hw))
+    spacing = fastmri_format.voxel_size(space, hw)
   else:
     spacing = (1.0, 1.0, 1.0)
     logging.warning("%s: no usable ISMRMRD header geometry; writing 1 mm voxels", path)
@@ -144,17 +120,6 @@ def _load_fastmri(path: str):
 def _why(e: BaseException) -> str:
   """An exception as one line (nibabel's messages can span several)."""
   return f"{type(e).__name__}: {' '.join(str(e).split())}"
-
-
-def _describe(node) -> str:
-  return f"{node.dtype} {node.shape}" if isinstance(node, h5py.Dataset) else type(node).__name__
-
-
-def _kspace_to_image(k: np.ndarray) -> np.ndarray:
-  """One slice's k-space [(coils,) H, W] -> magnitude: centred orthonormal inverse FFT, RSS over coils."""
-  img = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
-  mag = np.sqrt(np.sum(np.abs(img) ** 2, axis=0)) if k.ndim == 3 else np.abs(img)
-  return mag.astype(np.float32)
 
 
 # -- the output file ----------------------------------------------------------------------------------

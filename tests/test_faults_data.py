@@ -283,8 +283,8 @@ def test_each_malformed_fastmri_file_is_reported_and_skipped(tmp_path, capsys):
       "file2000002.h5": "empty file (0 bytes)",
       "file2000003.h5": "no 'acquisition' attribute",
       "file2000004.h5": "unknown acquisition 'AXFLAIR'",
-      "file2000005.h5": "'kspace' must be complex",
-      "file2000006.h5": "'reconstruction_esc' must be real [slices, H, W]",
+      "file2000005.h5": "'kspace' must be a complex [slices, (coils,) H, W] dataset",
+      "file2000006.h5": "'reconstruction_esc' must be a real [slices, H, W] dataset",
       "file2000007.h5": "'reconstruction_esc' is empty (shape (0, 320, 320))",
       "file2000008.h5": "no 'reconstruction_esc', 'reconstruction_rss' or 'kspace' dataset",
       "file2000009.h5": "NaN/Inf voxels",  # found when converted, not by the structural check

@@ -556,11 +556,11 @@ def make_bad_h5(tmp_path, case) -> str:
     ("recon_complex", "must be a real \\[slices, H, W\\] dataset"),
     ("recon_group", "must be a real \\[slices, H, W\\] dataset, got Group"),
     ("kspace_real", "'kspace' must be a complex"),
-    ("no_slices", "empty volume"),
+    ("no_slices", "'reconstruction_esc' is empty \\(shape \\(0, "),
     ("nan", "NaN/Inf voxels"),
     ("truncated", "truncated"),
     ("not_hdf5", "not a readable HDF5 file"),
-    ("empty", "not a readable HDF5 file"),
+    ("empty", "empty file \\(0 bytes\\)"),
 ])
 def test_malformed_h5_one_error(no_model, tmp_path, case, message):
   config, workdir = no_model
