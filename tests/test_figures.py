@@ -226,18 +226,19 @@ def test_comparison_panel_crops_orients_and_zooms_from_hr_alone(tmp_path):
 
 
 def test_eval_report_panels_use_the_volume_orientation_and_extent(trained, monkeypatch):
-  """evaluate() hands each Fig. 2 panel its volume's `orientation` (read from the batches when the data
-  carry it) and the non-zero extent of the whole volume; a malformed orientation stops the evaluation
-  in its first pass, naming the volume."""
+  """evaluate() hands each Fig. 2 panel its volume's `orientation` as the data carry it (the held-out
+  IXI subject's sagittal slices: "PS", from its affine) and the non-zero extent of the whole volume;
+  a malformed orientation stops the evaluation in its first pass, naming the volume."""
   from mrsr_jax import evaluate
   config, workdir, _ = trained
   real = evaluate._test_batches
   extent: dict[str, list] = {}
 
-  def with_orientation(value):
+  def spy(replace=None):
     def batches(cfg, split):
       for b in real(cfg, split):
-        b["orientation"] = np.asarray([value if m else b"" for m in b["mask"]], object)
+        if replace is not None:
+          b["orientation"] = np.asarray([replace if m else b"" for m in b["mask"]], object)
         for img, subj, m in zip(b["hr"], b["subject"], b["mask"]):
           if m:
             extent.setdefault(subj.decode(), []).append(img[..., 0])
@@ -246,9 +247,9 @@ def test_eval_report_panels_use_the_volume_orientation_and_extent(trained, monke
 
   calls = []
   monkeypatch.setattr(figures, "comparison_panel", lambda *a, **k: calls.append((a[2], k)))
-  monkeypatch.setattr(evaluate, "_test_batches", with_orientation(b"PS"))
+  monkeypatch.setattr(evaluate, "_test_batches", spy())
   evaluate.evaluate(config, workdir)
-  assert calls and all(k["orientation"] == "PS" for _, k in calls)
+  assert calls and all(k["orientation"] == "PS" for _, k in calls), [k["orientation"] for _, k in calls]
   for path, k in calls:
     subject, = [s for s in extent if f"_{s}_slice" in os.path.basename(path)]
     assert k["box"] == figures.content_box(np.stack(extent[subject])), subject
@@ -256,7 +257,7 @@ def test_eval_report_panels_use_the_volume_orientation_and_extent(trained, monke
   def no_compute(*a, **k):
     raise AssertionError("evaluation computed before checking the orientation")
 
-  monkeypatch.setattr(evaluate, "_test_batches", with_orientation(b"PX"))
+  monkeypatch.setattr(evaluate, "_test_batches", spy(b"PX"))
   monkeypatch.setattr(evaluate, "make_eval_step", no_compute)
   with pytest.raises(ValueError, match=r"volume sample/.*orientation 'PX'"):
     evaluate.evaluate(config, workdir)
