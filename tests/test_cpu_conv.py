@@ -18,6 +18,9 @@ DN = ("NHWC", "HWIO", "NHWC")
     (2, 12, 1, 8, 9, 1, "SAME"),      # one input channel (the input conv)
     (2, 16, 4, 4, 3, 2, "SAME"),      # strided, even size (pads (0, 1))
     (1, 15, 3, 5, 3, 2, "SAME"),      # strided, odd size
+    (2, 17, 3, 4, 3, 3, "VALID"),     # stride 3: one tap per phase
+    (1, 14, 2, 3, 5, 2, ((1, 2), (0, 1))),  # 5x5 stride 2, explicit asymmetric pads: 3 and 2 taps per phase
+    (1, 9, 2, 2, 1, 2, "SAME"),       # 1x1 stride 2: phases without taps
     (2, 10, 3, 6, 3, 1, "VALID"),     # no padding
     (2, 10, 6, 2, 3, 1, ((2, 0), (1, 1))),  # explicit, asymmetric
 ])

@@ -105,15 +105,52 @@ def _kernel_grad_matmul(x, w, dy, strides, pads, precision):
   return g.reshape(kh, kw, ci, co).astype(w.dtype)
 
 
+def _phase_conv(x, w, strides, pads, precision):
+  """The strided convolution as a sum of stride-1 VALID convolutions over the input's phases.
+
+  Output pixel o reads padded input s*o + i for taps i; the taps i = r, r + s, r + 2s, ... all read
+  the phase x_pad[r::s] at o, o + 1, o + 2, ..., i.e. a stride-1 convolution of that phase with the
+  kernel's taps w[r::s]. Summed over the s*s phases (r, q): the same products, regrouped. Only its
+  input gradient is used (`_conv_bwd`): XLA:CPU differentiates a strided convolution into an
+  input-dilated one, which runs 1.3-1.9x slower there than these stride-1 gradients
+  (bench/op_bench.py shapes of D's stride-2 layers, one core; their forward pass is not faster
+  this way and stays XLA's).
+  """
+  (sh, sw), (kh, kw) = strides, w.shape[:2]
+  xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+  ho, wo = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
+  out = None
+  for r in range(min(sh, kh)):
+    mr = len(range(r, kh, sh))
+    for q in range(min(sw, kw)):
+      mq = len(range(q, kw, sw))
+      phase = lax.slice(xp, (0, r, q, 0),
+                        (xp.shape[0], r + sh * (ho + mr - 2) + 1, q + sw * (wo + mq - 2) + 1, xp.shape[3]),
+                        (1, sh, sw, 1))
+      y = _plain_conv(phase, w[r::sh, q::sw], (1, 1), ((0, 0), (0, 0)), precision)
+      out = y if out is None else out + y
+  return out
+
+
 def _kernel_grad_xla(x, w, dy, strides, pads, precision):
   _, vjp = jax.vjp(lambda w_: _plain_conv(x, w_, strides, pads, precision), w)
   return vjp(dy)[0]
 
 
+def _input_grad(fwd, x, w, dy, strides, pads, precision):
+  _, vjp_x = jax.vjp(lambda x_: fwd(x_, w, strides, pads, precision), x)
+  return vjp_x(dy)[0]
+
+
 def _conv_bwd(strides, pads, precision, res, dy):
   x, w = res
-  _, vjp_x = jax.vjp(lambda x_: _plain_conv(x_, w, strides, pads, precision), x)
-  dx = vjp_x(dy)[0]
+  if strides == (1, 1):
+    dx = _input_grad(_plain_conv, x, w, dy, strides, pads, precision)
+  else:
+    dx = lax.platform_dependent(
+        x, w, dy,
+        cpu=lambda *a: _input_grad(_phase_conv, *a, strides, pads, precision),
+        default=lambda *a: _input_grad(_plain_conv, *a, strides, pads, precision))
   dw = lax.platform_dependent(
       x, w, dy,
       cpu=lambda *a: _kernel_grad_matmul(*a, strides, pads, precision),
