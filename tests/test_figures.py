@@ -111,10 +111,11 @@ def test_display_batch_turns_each_summary_image_by_its_own_codes():
 def world_maps(affine, slice_axis, index, shape):
   """World coordinates (x, y, z in RAS+ mm) of every voxel of the slice at `index` along `slice_axis`,
   each [rows, cols] in the slice's stored layout."""
-  grids = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
-  vox = np.stack([np.take(g, index, axis=slice_axis) for g in grids] + [np.ones(
-      np.take(grids[0], index, axis=slice_axis).shape)], axis=-1)
-  world = vox @ affine.T
+  rows_axis, cols_axis = [a for a in range(3) if a != slice_axis]
+  vox = np.ones((shape[rows_axis], shape[cols_axis], 4))
+  vox[..., rows_axis], vox[..., cols_axis] = np.indices(vox.shape[:2])
+  vox[..., slice_axis] = index
+  world = vox @ np.asarray(affine, float).T
   return world[..., 0], world[..., 1], world[..., 2]
 
 
@@ -140,7 +141,7 @@ def test_display_orientation_on_the_mni_template():
   the sagittal view the frontal lobe is on the left: the AC lies ~70 mm behind the frontal pole and
   ~105 mm in front of the occipital pole."""
   datasets = pytest.importorskip("nilearn.datasets")
-  img = datasets.load_mni152_template(resolution=2)
+  img = datasets.load_mni152_template(resolution=1)
   data = np.asarray(img.dataobj, np.float32)
   origin = np.round(np.linalg.solve(img.affine, [0, 0, 0, 1])[:3]).astype(int)
   planes = {check_display_is_anatomical(img.affine, data.shape, k, origin[k]) for k in range(3)}
@@ -148,12 +149,13 @@ def test_display_orientation_on_the_mni_template():
 
   orientation = "".join(nib.aff2axcodes(img.affine)[1:])        # sagittal: rows along y, cols along z
   shown = figures.display_orientation(data[origin[0]], orientation)
-  ac_row, ac_col = [int(i) for i in np.argwhere(figures.display_orientation(
-      np.pad(np.ones((1, 1)), [(origin[1], data.shape[1] - origin[1] - 1),
-                               (origin[2], data.shape[2] - origin[2] - 1)]), orientation))[0]]
+  marker = np.zeros(data.shape[1:])
+  marker[origin[1], origin[2]] = 1                                # the AC, followed through the display
+  ac_row, ac_col = np.argwhere(figures.display_orientation(marker, orientation))[0]
   brain_cols = np.flatnonzero((shown > 0.2 * shown.max()).any(axis=0))
   assert ac_col - brain_cols[0] < brain_cols[-1] - ac_col, "the face is not on the left"
-  assert 0 < ac_row < shown.shape[0]
+  brain_rows = np.flatnonzero((shown > 0.2 * shown.max()).any(axis=1))
+  assert brain_rows[0] < ac_row < brain_rows[-1]
 
 
 def test_display_orientation_on_a_bundled_ixi_volume():
