@@ -20,4 +20,10 @@ def get_config(contrast: str = ""):
   config.scale = 2
   config.crop_size = 240
   config.eval.size = 240
+  # One 80 GB GPU holds this step at the paper's global batch of 256 by splitting each device's share
+  # into microbatches of at most these sizes (gradients accumulated; docs/distributed.md, "Memory");
+  # more GPUs, fewer microbatches, and none once a GPU's share is this small.
+  config.vit.microbatch_per_device = 32
+  config.ae.microbatch_per_device = 64
+  config.sr.microbatch_per_device = 32
   return config

@@ -15,19 +15,20 @@ import ml_collections
 from mrsr_jax.models import swap_ae, vit as vit_lib
 
 
-def vit_module(config: ml_collections.ConfigDict, size: int) -> vit_lib.ViT:
-  """The 2D ViT the pipeline fine-tunes and uses, for square slices of `size`."""
+def vit_module(config: ml_collections.ConfigDict, size: int, remat: bool = False) -> vit_lib.ViT:
+  """The 2D ViT the pipeline fine-tunes and uses, for square slices of `size` (`remat`: its blocks
+  rematerialised, for a pass that is differentiated; the same values)."""
   if size % config.vit.model.patch_size:
     raise ValueError(f"crop_size {size} is not a multiple of the ViT patch size "
                      f"{config.vit.model.patch_size}")
-  return vit_lib.ViT(img_size=(size, size), in_channels=1, dtype=jnp.dtype(config.dtype),
+  return vit_lib.ViT(img_size=(size, size), in_channels=1, dtype=jnp.dtype(config.dtype), remat=remat,
                      **config.vit.model)
 
 
-def ae_encoder(config: ml_collections.ConfigDict) -> swap_ae.SwapEncoder:
+def ae_encoder(config: ml_collections.ConfigDict, remat: bool = False) -> swap_ae.SwapEncoder:
   m = config.ae.model
   return swap_ae.SwapEncoder(features=tuple(m.features), structure_channels=m.structure_channels,
-                             texture_dim=m.texture_dim, dtype=jnp.dtype(config.dtype))
+                             texture_dim=m.texture_dim, remat=remat, dtype=jnp.dtype(config.dtype))
 
 
 def ae_frame(config: ml_collections.ConfigDict, images: jax.Array) -> jax.Array:
@@ -64,14 +65,15 @@ def needed(loss_cfg: Mapping[str, Any]) -> set[str]:
 
 
 def extract(config: ml_collections.ConfigDict, frozen: Mapping[str, Any], images: jax.Array,
-            which: set[str]) -> dict[str, jax.Array]:
-  """Features of `images` [B, M, M, 1] from the frozen params {'vit': ..., 'ae_enc': ...}."""
+            which: set[str], remat: bool = False) -> dict[str, jax.Array]:
+  """Features of `images` [B, M, M, 1] from the frozen params {'vit': ..., 'ae_enc': ...}; `remat`
+  recomputes the extractors' block activations when the SR step differentiates through them."""
   feats = {}
   if "vit" in which:
-    out, _ = vit_module(config, images.shape[1]).apply({"params": frozen["vit"]}, images)
+    out, _ = vit_module(config, images.shape[1], remat).apply({"params": frozen["vit"]}, images)
     feats["vit"] = vit_lib.vit_feature(out).astype(jnp.float32)
   if which & {"z_s", "z_t"}:
-    z_s, z_t = ae_encoder(config).apply({"params": frozen["ae_enc"]}, ae_frame(config, images))
+    z_s, z_t = ae_encoder(config, remat).apply({"params": frozen["ae_enc"]}, ae_frame(config, images))
     if "z_s" in which:
       feats["z_s"] = z_s.astype(jnp.float32)
     if "z_t" in which:

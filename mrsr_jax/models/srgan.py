@@ -54,6 +54,12 @@ def pixel_shuffle(x: jax.Array, r: int) -> jax.Array:
   return x.reshape(b, h * r, w * r, c)
 
 
+def remat_block(cls, static_argnums=(2,)):
+  """`cls` rematerialised: only the block's input is kept for the backward pass. `train` (argument 2,
+  counting self) is static: it decides the graph. Flax's lifted remat keeps the parameter tree."""
+  return nn.remat(cls, static_argnums=static_argnums, policy=jax.checkpoint_policies.nothing_saveable)
+
+
 def _norm(kind: str, train: bool, name: str, kw: dict):
   """BatchNorm (SRGAN, the paper's App. E) or nothing (EDSR: BN costs SR accuracy, see docs)."""
   if kind == "batch":
@@ -71,7 +77,7 @@ class ResidualBlock(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:   # `train` positional for nn.remat
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     # No conv bias before BatchNorm: BN's mean subtraction cancels it (its true gradient is 0, so it
     # would only drift on round-off).
@@ -92,6 +98,10 @@ class SRGenerator(nn.Module):
   residual: bool = False
   # "batch": SRGAN's BatchNorm in every block (App. E). "none": EDSR's blocks without it.
   norm: str = "batch"
+  # Recompute each residual block's activations in the backward pass from its input (rematerialisation,
+  # `nothing_saveable`): the blocks' stored activations drop from ~6 maps per block to 1, for about one
+  # more forward pass of the blocks. Same parameters, same values.
+  remat: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -106,8 +116,9 @@ class SRGenerator(nn.Module):
     lr = x
     x = nn.relu(Conv(f, (9, 9), padding="SAME", name="conv_in", **kw)(x))
     skip = x
+    block = remat_block(ResidualBlock) if self.remat else ResidualBlock
     for i in range(self.num_blocks):
-      x = ResidualBlock(f, norm=self.norm, name=f"res_{i}", **kw)(x, train=train)
+      x = block(f, norm=self.norm, name=f"res_{i}", **kw)(x, train)
     x = Conv(f, (3, 3), padding="SAME", use_bias=self.norm != "batch", name="conv_mid", **kw)(x)
     x = _norm(self.norm, train, "bn_mid", kw)(x)
     x = x + skip  # the long skip of Fig. 6

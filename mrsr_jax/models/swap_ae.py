@@ -19,6 +19,9 @@ DESIGN.md, "Swapping autoencoder", fixes the sizes; what the paper leaves open i
     pooling, dense to one logit; any input size >= 16.
 
 No BatchNorm anywhere: the encoder is frozen in the SR stage and every module stays params-only.
+
+`remat=True` (each module) recomputes a block's activations in the backward pass from its input
+instead of storing them (`_blocks`); the parameter tree and the values are the same.
 """
 
 from __future__ import annotations
@@ -35,6 +38,13 @@ LEAKY_SLOPE = 0.2
 DEMOD_EPS = 1e-8
 
 
+def _blocks(mdl: nn.Module, block, remat: bool):
+  """`block(mdl, x, i) -> x`, rematerialised when `remat` (only its input is stored; `i` static).
+  Flax's lifted remat of a function creates the block's layers in `mdl`, under their own names."""
+  return nn.remat(block, static_argnums=(2,), policy=jax.checkpoint_policies.nothing_saveable) if remat \
+      else block
+
+
 def _check_image(x: jax.Array, owner: str, multiple: int) -> None:
   if x.ndim != 4 or x.shape[-1] != 1:
     raise ValueError(f"{owner}: expected a channels-last single-channel batch [B, H, W, 1], got {tuple(x.shape)}")
@@ -47,6 +57,7 @@ class SwapEncoder(nn.Module):
   features: Sequence[int] = (64, 64, 32, 32)
   structure_channels: int = 8
   texture_dim: int = 256
+  remat: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -56,10 +67,15 @@ class SwapEncoder(nn.Module):
       raise ValueError(f"SwapEncoder: features must list 4 block widths, got {tuple(self.features)}")
     _check_image(x, "SwapEncoder", 16)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+
+    def block(mdl, x, i):
+      x = nn.Conv(self.features[i], (3, 3), padding="SAME", name=f"conv{i + 1}", parent=mdl, **kw)(x)
+      return nn.max_pool(nn.leaky_relu(x, LEAKY_SLOPE), (2, 2), strides=(2, 2))
+
+    block = _blocks(self, block, self.remat)
     z_s = None
-    for i, f in enumerate(self.features):
-      x = nn.leaky_relu(nn.Conv(f, (3, 3), padding="SAME", name=f"conv{i + 1}", **kw)(x), LEAKY_SLOPE)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    for i in range(len(self.features)):
+      x = block(self, x, i)
       if i == 1:  # the shallow branch: structure keeps the spatial layout at H/4
         z_s = nn.Conv(self.structure_channels, (1, 1), name="structure", **kw)(x)
     x = jnp.mean(x, axis=(1, 2))  # global average pooling: texture is position-free
@@ -100,6 +116,7 @@ class SwapGenerator(nn.Module):
   features: Sequence[int] = (32, 32, 64, 64)
   texture_dim: int = 256
   out_channels: int = 1
+  remat: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -112,17 +129,24 @@ class SwapGenerator(nn.Module):
                        f"{tuple(z_s.shape)} and {tuple(z_t.shape)}")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = z_s.astype(self.dtype)
-    for i, f in enumerate(self.features):
+
+    def block(mdl, x, i, z_t):
       if i >= 2:  # the mirror of the encoder's first two poolings
         b, h, w, c = x.shape
         x = jax.image.resize(x, (b, 2 * h, 2 * w, c), method="nearest")
-      x = nn.leaky_relu(ModulatedConv(f, name=f"block{i + 1}", **kw)(x, z_t), LEAKY_SLOPE)
+      x = ModulatedConv(self.features[i], name=f"block{i + 1}", parent=mdl, **kw)(x, z_t)
+      return nn.leaky_relu(x, LEAKY_SLOPE)
+
+    block = _blocks(self, block, self.remat)
+    for i in range(len(self.features)):
+      x = block(self, x, i, z_t)
     return nn.Conv(self.out_channels, (1, 1), name="to_image", **kw)(x).astype(jnp.float32)
 
 
 class SwapDiscriminator(nn.Module):
   """D(x): image `[B, H, W, 1]` -> logits `[B]` (float32); the logistic GAN loss is applied outside."""
   features: Sequence[int] = (64, 128, 256, 256)
+  remat: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -130,9 +154,15 @@ class SwapDiscriminator(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     _check_image(x, "SwapDiscriminator", 1)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = nn.leaky_relu(nn.Conv(self.features[0], (3, 3), padding="SAME", name="conv0", **kw)(x), LEAKY_SLOPE)
-    for i, f in enumerate(self.features):
-      x = nn.leaky_relu(nn.Conv(f, (3, 3), strides=(2, 2), padding="SAME", name=f"down{i + 1}", **kw)(x),
-                        LEAKY_SLOPE)
+
+    def block(mdl, x, i):   # i = 0: the stride-1 input conv; i >= 1: the stride-2 stages
+      conv = (nn.Conv(self.features[0], (3, 3), padding="SAME", name="conv0", parent=mdl, **kw) if i == 0
+              else nn.Conv(self.features[i - 1], (3, 3), strides=(2, 2), padding="SAME", name=f"down{i}",
+                           parent=mdl, **kw))
+      return nn.leaky_relu(conv(x), LEAKY_SLOPE)
+
+    block = _blocks(self, block, self.remat)
+    for i in range(len(self.features) + 1):
+      x = block(self, x, i)
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(1, name="logit", **kw)(x)[:, 0].astype(jnp.float32)

@@ -133,7 +133,7 @@ class TransformerBlock(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:   # `train` positional for nn.remat
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     y = _layer_norm("norm1", **kw)(x)
     x = x + SABlock(self.hidden_size, self.num_heads, self.dropout_rate, self.qkv_bias, name="attn", **kw)(
@@ -167,6 +167,9 @@ class ViT(nn.Module):
   num_heads: int = 12
   dropout_rate: float = 0.0
   qkv_bias: bool = False
+  # Recompute each transformer block's activations (attention maps, MLP hidden layer) in the backward
+  # pass from the block's input instead of storing them; same parameters, same values.
+  remat: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -187,9 +190,11 @@ class ViT(nn.Module):
     x = PatchEmbedding(img_size, self.patch_size, self.hidden_size, self.dropout_rate,
                        name="patch_embedding", **kw)(x, train=train)
     hidden_states = []
+    block = nn.remat(TransformerBlock, static_argnums=(2,),
+                     policy=jax.checkpoint_policies.nothing_saveable) if self.remat else TransformerBlock
     for i in range(self.num_layers):
-      x = TransformerBlock(self.hidden_size, self.mlp_dim, self.num_heads, self.dropout_rate,
-                           self.qkv_bias, name=f"blocks_{i}", **kw)(x, train=train)
+      x = block(self.hidden_size, self.mlp_dim, self.num_heads, self.dropout_rate,
+                self.qkv_bias, name=f"blocks_{i}", **kw)(x, train)
       hidden_states.append(x)
     x = _layer_norm("norm", **kw)(x)
     # Outputs in float32 whatever the compute dtype: losses and the UNETR skips read them.

@@ -66,9 +66,33 @@ class Stage(abc.ABC):
     """Fresh state for one example batch shape (called under jit)."""
 
   @abc.abstractmethod
-  def update(self, state: TrainState, batch: dict, rng: jax.Array, frozen: Any
-             ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """The pure step: one optimiser update of every network of the stage."""
+  def grads(self, state: TrainState, batch: dict, rng: jax.Array, frozen: Any
+            ) -> tuple[dict[str, Any], dict[str, Any], dict[str, jax.Array]]:
+    """Gradients of one (micro)batch: ({network: grads}, {network: new BatchNorm stats}, metrics)."""
+
+  def update(self, state: TrainState, batch: dict, rng: jax.Array, frozen: Any, *,
+             microbatches: int = 1, mesh=None) -> tuple[TrainState, dict[str, jax.Array]]:
+    """The pure step: one optimiser update of every network of the stage, from the gradients of
+    `batch` accumulated over `microbatches` parts (step.accumulate)."""
+    grads, stats, metrics = step_lib.accumulate(
+        lambda st, part, key: self.grads(st, part, key, frozen), state, batch, rng, microbatches, mesh)
+    return state.apply_gradients(grads, batch_stats=stats), metrics
+
+  def microbatches(self, num_devices: int) -> int:
+    """Gradient-accumulation steps on `num_devices` devices (`<stage>.microbatch_per_device`)."""
+    cap = int(self.cfg.get("microbatch_per_device", 0))
+    k = step_lib.microbatch_count(self.batch_size, num_devices, cap, field=f"{self.name}.batch_size")
+    part = self.batch_size // num_devices // k
+    if k > 1 and 2 * part <= cap:
+      logging.warning("[%s] %d slices per device do not split into parts near %s.microbatch_per_device"
+                      "=%d: %d microbatches of %d (choose a batch whose share per device is a "
+                      "multiple of the microbatch)", self.name, self.batch_size // num_devices,
+                      self.name, cap, k, part)
+    return k
+
+  @property
+  def remat(self) -> bool:
+    return bool(self.cfg.get("remat", False))
 
   def frozen(self, mesh) -> Any:
     """Frozen inputs of the step (feature extractors of earlier stages); none by default."""
@@ -219,6 +243,7 @@ def train_stage(stage: Stage, mesh) -> TrainState:
   info = records.read_info(dataset_dir(config))
   num_steps = stage.num_steps(info)
   sharding.check_batch_size(stage.batch_size, mesh)
+  microbatches = stage.microbatches(mesh.devices.size)
   mngr = checkpoints.manager(os.path.join(stage.dir, "checkpoints"), keep=config.keep_checkpoints)
   writer = None
   try:
@@ -230,7 +255,7 @@ def train_stage(stage: Stage, mesh) -> TrainState:
       return state
 
     frozen = stage.frozen(mesh)
-    update = step_lib.compile_step(stage.update, mesh)
+    update = step_lib.compile_step(stage.update, mesh, microbatches)
     images_fn = jax.jit(stage.images)
     writer = make_writer(stage.dir, start)
     if start == 0:
@@ -238,8 +263,10 @@ def train_stage(stage: Stage, mesh) -> TrainState:
     progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
                                                every_steps=config.log_every_steps)
     meta = {"stage": stage.name, "num_steps": num_steps, "config": config.to_json_best_effort()}
-    logging.info("[%s] training steps %d..%d, global batch %d on %d devices", stage.name, start,
-                 num_steps, stage.batch_size, mesh.devices.size)
+    logging.info("[%s] training steps %d..%d, global batch %d on %d devices (%d per device, %d "
+                 "microbatch(es) of %d)", stage.name, start, num_steps, stage.batch_size,
+                 mesh.devices.size, stage.batch_size // mesh.devices.size, microbatches,
+                 stage.batch_size // mesh.devices.size // microbatches)
 
     def kept() -> str:
       mngr.wait_until_finished()      # a save still in flight is part of what is kept

@@ -2,8 +2,10 @@
 (paper 3.3, App. A; Park et al. 2020).
 
 One compiled step updates the encoder+generator (L_disent, Eq. 6) and the discriminator (Eq. 13's
-logistic loss) from the same forward pass. The swap partner x² of each x¹ is the next slice of the
-global batch: all slices of a run come from one dataset, and a shuffled batch makes x¹ ≠ x².
+logistic loss) from the same forward pass. The swap partner x² of each x¹ is the other slice of its
+pair (2j, 2j+1) of the batch (`swap_partners`): all slices of a run come from one dataset, and a
+shuffled batch makes x¹ ≠ x². Pairs, not a roll over the whole batch, so that a step accumulated over
+microbatches of even size swaps the very same textures as one batch (step.accumulate).
 """
 
 from __future__ import annotations
@@ -17,6 +19,14 @@ from mrsr_jax.train import loop
 from mrsr_jax.train.state import TrainState, make_optimizer
 
 
+def swap_partners(z: jax.Array) -> jax.Array:
+  """Row 2j+1 of `z` for row 2j and row 2j for row 2j+1 (textures swapped within pairs); with an odd
+  batch the last row takes the row before it."""
+  n = z.shape[0]
+  idx = jnp.arange(n) ^ 1
+  return z[jnp.where(idx < n, idx, n - 2) if n > 1 else idx * 0]
+
+
 class AEStage(loop.Stage):
   name = "ae"
 
@@ -24,10 +34,10 @@ class AEStage(loop.Stage):
     super().__init__(config, workdir)
     m = self.cfg.model
     self.enc = swap_ae.SwapEncoder(features=tuple(m.features), structure_channels=m.structure_channels,
-                                   texture_dim=m.texture_dim, dtype=self.dtype)
+                                   texture_dim=m.texture_dim, remat=self.remat, dtype=self.dtype)
     self.gen = swap_ae.SwapGenerator(features=tuple(reversed(m.features)), texture_dim=m.texture_dim,
-                                     dtype=self.dtype)
-    self.disc = swap_ae.SwapDiscriminator(dtype=self.dtype)
+                                     remat=self.remat, dtype=self.dtype)
+    self.disc = swap_ae.SwapDiscriminator(remat=self.remat, dtype=self.dtype)
     tx = make_optimizer(self.cfg.learning_rate, b1=self.cfg.b1, b2=self.cfg.b2,
                         grad_clip_norm=config.grad_clip_norm)
     self.txs = {"enc": tx, "gen": tx, "disc": tx}
@@ -44,10 +54,10 @@ class AEStage(loop.Stage):
   def _forward(self, params, x1):
     z_s, z_t = self.enc.apply({"params": params["enc"]}, x1)
     recon = self.gen.apply({"params": params["gen"]}, z_s, z_t)
-    swap = self.gen.apply({"params": params["gen"]}, z_s, jnp.roll(z_t, 1, axis=0))  # (z_s¹, z_t²)
+    swap = self.gen.apply({"params": params["gen"]}, z_s, swap_partners(z_t))  # (z_s¹, z_t²)
     return recon.astype(jnp.float32), swap.astype(jnp.float32)
 
-  def update(self, state, batch, rng, frozen):
+  def grads(self, state, batch, rng, frozen):
     x1 = batch["hr"].astype(self.dtype)
     disc_params = state.params["disc"]
 
@@ -74,7 +84,7 @@ class AEStage(loop.Stage):
     d_loss, _, d_grads = loop.step_lib.value_and_grad_with_aux(disc_loss, disc_params)
     metrics = {f"g_{k}": v for k, v in parts.items()}
     metrics["d_loss"] = d_loss
-    return state.apply_gradients({**ae_grads, "disc": d_grads}), metrics
+    return {**ae_grads, "disc": d_grads}, {}, metrics
 
   def images(self, state, batch, rng, frozen):
     x1 = batch["hr"][:4]

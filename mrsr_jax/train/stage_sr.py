@@ -10,6 +10,7 @@ optimiser and never differentiated.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable, Mapping
 
@@ -26,7 +27,8 @@ from mrsr_jax.train.state import TrainState, make_optimizer
 
 
 def generator(config) -> srgan.SRGenerator:
-  return srgan.SRGenerator(scale=config.scale, dtype=jnp.dtype(config.dtype), **config.sr.model)
+  return srgan.SRGenerator(scale=config.scale, dtype=jnp.dtype(config.dtype),
+                           remat=bool(config.sr.get("remat", False)), **config.sr.model)
 
 
 def make_lr(config, hr: jax.Array) -> jax.Array:
@@ -116,7 +118,7 @@ class SRStage(loop.Stage):
     d = self.disc.init(k_d, jnp.zeros((1, m, m, 1), jnp.float32), train=False)
     # A generator with norm="none" has no BatchNorm statistics: its entry is an empty dict.
     return TrainState.create({"gen": g["params"], "disc": d["params"]}, self.txs,
-                             {"gen": g.get("batch_stats", {}), "disc": d["batch_stats"]})
+                             {"gen": g.get("batch_stats", {}), "disc": d.get("batch_stats", {})})
 
   # -- frozen feature extractors ------------------------------------------------------------------
   def features_workdir(self) -> str:
@@ -145,7 +147,7 @@ class SRStage(loop.Stage):
   def _disc(self, params, stats, x):
     logits, upd = self.disc.apply({"params": params, "batch_stats": stats}, x.astype(self.dtype),
                                   train=True, mutable=["batch_stats"])
-    return logits.astype(jnp.float32), upd["batch_stats"]
+    return logits.astype(jnp.float32), upd.get("batch_stats", {})
 
   def _fake_logits_for_g(self, params, stats, hr, sr):
     """D's logits on the SR batch inside G's loss; `sr.disc_bn_in_g` says how D's BatchNorm normalises
@@ -163,18 +165,26 @@ class SRStage(loop.Stage):
       return jnp.split(self._disc(params, stats, jnp.concatenate([hr, sr]))[0], 2)[1]
     raise ValueError(f"sr.disc_bn_in_g must be 'train', 'eval' or 'joint', got {mode!r}")
 
-  def update(self, state, batch, rng, frozen):
+  def _inputs(self, batch, rng, frozen, with_features=True):
+    """(HR, LR, features of the loss target) of a (micro)batch; the LR drawn from `rng`."""
     cfg = self.cfg.loss
     hr = batch["hr"].astype(jnp.float32)
     lr = make_train_lr(self.config, hr, jax.random.fold_in(rng, 0x1a))
+    if not with_features:
+      return hr, lr, None
     target = degrade.upsample_bicubic(lr, self.config.scale) if cfg.feature_target == "lr" else hr
     feats_target = jax.lax.stop_gradient(features.extract(self.config, frozen, target, self.which))
-    p, s = state.params, state.batch_stats
+    return hr, lr, feats_target
 
-    def gen_loss(gen_params, disc_params, disc_stats):
+  def _gen_grads(self, state, hr, lr, feats_target, frozen):
+    """G's gradients against D as `state` holds it: (grads, G's BN stats, loss terms, SR batch)."""
+    cfg = self.cfg.loss
+    s = state.batch_stats
+
+    def gen_loss(gen_params):
       sr, gen_stats = self._generate(gen_params, s["gen"], lr.astype(self.dtype), train=True)
-      fake_logits = self._fake_logits_for_g(disc_params, disc_stats, hr, sr)
-      feats_sr = features.extract(self.config, frozen, sr, self.which)
+      fake_logits = self._fake_logits_for_g(state.params["disc"], s["disc"], hr, sr)
+      feats_sr = features.extract(self.config, frozen, sr, self.which, remat=self.remat)
       total, parts = losses.sr_generator_loss(sr=sr, hr=hr, fake_logits=fake_logits,
                                               feats_sr=feats_sr, feats_target=feats_target,
                                               weights=cfg)
@@ -188,36 +198,61 @@ class SRStage(loop.Stage):
       parts["total"] = total
       return total, (parts, sr, gen_stats)
 
-    def disc_loss(disc_params, sr):
+    _, (parts, sr, gen_stats), g_grads = loop.step_lib.value_and_grad_with_aux(
+        gen_loss, state.params["gen"])
+    return g_grads, gen_stats, {f"g_{k}": v for k, v in parts.items()}, sr
+
+  def _disc_grads(self, state, hr, sr):
+    """D's gradients on [HR; SR]: (grads, D's BN stats, loss)."""
+    def disc_loss(disc_params):
       # One pass over [HR; SR] so BatchNorm sees real and fake together, as a single batch.
-      logits, disc_stats = self._disc(disc_params, s["disc"],
+      logits, disc_stats = self._disc(disc_params, state.batch_stats["disc"],
                                       jnp.concatenate([hr, jax.lax.stop_gradient(sr)]))
       real, fake = jnp.split(logits, 2)
       return losses.discriminator_loss(real, fake), disc_stats
 
+    d_loss, disc_stats, d_grads = loop.step_lib.value_and_grad_with_aux(disc_loss, state.params["disc"])
+    return d_grads, disc_stats, d_loss
+
+  def grads(self, state, batch, rng, frozen):
+    """Both networks' gradients from the same state (`sr.gd_update="simultaneous"`); G's forward pass
+    serves both losses."""
+    hr, lr, feats_target = self._inputs(batch, rng, frozen)
+    g_grads, gen_stats, metrics, sr = self._gen_grads(state, hr, lr, feats_target, frozen)
+    d_grads, disc_stats, d_loss = self._disc_grads(state, hr, sr)
+    return ({"gen": g_grads, "disc": d_grads}, {"gen": gen_stats, "disc": disc_stats},
+            {**metrics, "d_loss": d_loss})
+
+  def update(self, state, batch, rng, frozen, *, microbatches=1, mesh=None):
     order = self.cfg.get("gd_update", "simultaneous")
     if order == "simultaneous":
-      # Both losses from the state before the step; G's forward pass serves both.
-      _, (parts, sr, gen_stats), g_grads = loop.step_lib.value_and_grad_with_aux(
-          gen_loss, p["gen"], p["disc"], s["disc"])
-      d_loss, disc_stats, d_grads = loop.step_lib.value_and_grad_with_aux(disc_loss, p["disc"], sr)
-      new = state.apply_gradients({"gen": g_grads, "disc": d_grads},
-                                  batch_stats={"gen": gen_stats, "disc": disc_stats})
-    elif order == "alternating":
-      # SRGAN's order: D steps on G's current output, then G's loss is taken against the updated D
-      # (params and running statistics). Costs one more generator forward pass than "simultaneous".
-      sr, _ = self._generate(p["gen"], s["gen"], lr.astype(self.dtype), train=True)
-      d_loss, disc_stats, d_grads = loop.step_lib.value_and_grad_with_aux(disc_loss, p["disc"], sr)
-      mid = state.apply_gradients({"disc": d_grads}, batch_stats={"disc": disc_stats})
-      _, (parts, _, gen_stats), g_grads = loop.step_lib.value_and_grad_with_aux(
-          gen_loss, p["gen"], mid.params["disc"], mid.batch_stats["disc"])
-      new = mid.apply_gradients({"gen": g_grads}, batch_stats={"gen": gen_stats}).replace(
-          step=state.step + 1)        # one training step, whatever the number of optimiser calls
-    else:
+      return super().update(state, batch, rng, frozen, microbatches=microbatches, mesh=mesh)
+    if order != "alternating":
       raise ValueError(f"sr.gd_update must be 'simultaneous' or 'alternating', got {order!r}")
-    metrics = {f"g_{k}": v for k, v in parts.items()}
-    metrics["d_loss"] = d_loss
-    return new, metrics
+    # SRGAN's order: D steps on G's current output, then G's loss is taken against the updated D
+    # (params and running statistics). Costs one more generator forward pass than "simultaneous".
+    # Under accumulation D's update is complete (all microbatches) before G's gradients are taken;
+    # microbatch i draws the same LR in both passes.
+    accumulate = functools.partial(loop.step_lib.accumulate, batch=batch, rng=rng,
+                                   microbatches=microbatches, mesh=mesh)
+
+    def disc_part(st, part, key):
+      hr, lr, _ = self._inputs(part, key, frozen, with_features=False)
+      sr, _ = self._generate(st.params["gen"], st.batch_stats["gen"], lr.astype(self.dtype), train=True)
+      d_grads, disc_stats, d_loss = self._disc_grads(st, hr, sr)
+      return {"disc": d_grads}, {"disc": disc_stats}, {"d_loss": d_loss}
+
+    def gen_part(st, part, key):
+      hr, lr, feats_target = self._inputs(part, key, frozen)
+      g_grads, gen_stats, metrics, _ = self._gen_grads(st, hr, lr, feats_target, frozen)
+      return {"gen": g_grads}, {"gen": gen_stats}, metrics
+
+    d_grads, stats, d_metrics = accumulate(disc_part, state)
+    mid = state.apply_gradients(d_grads, batch_stats=stats)
+    g_grads, stats, g_metrics = accumulate(gen_part, mid)
+    new = mid.apply_gradients(g_grads, batch_stats=stats).replace(
+        step=state.step + 1)        # one training step, whatever the number of optimiser calls
+    return new, {**g_metrics, **d_metrics}
 
   def images(self, state, batch, rng, frozen):
     hr = batch["hr"][:4].astype(jnp.float32)

@@ -75,7 +75,7 @@ class ViTStage(loop.Stage):
     if self.cfg.pretext not in ("masked_patch", "classify"):
       raise ValueError(f"unknown vit.pretext '{self.cfg.pretext}' (masked_patch or classify)")
     self.num_classes = num_pretext_classes(config)
-    self.vit = features.vit_module(config, self.crop_size)
+    self.vit = features.vit_module(config, self.crop_size, remat=self.remat)
     self.model = vit_lib.PretextViT(vit=_vit_kwargs(self.vit),
                                     num_classes=self.num_classes,
                                     per_token=self.cfg.pretext == "masked_patch")
@@ -102,7 +102,7 @@ class ViTStage(loop.Stage):
     return vit_lib.vit2d_params_from_3d(params3d, (self.crop_size, self.crop_size),
                                         patch_size=self.config.vit.model.patch_size)
 
-  def update(self, state, batch, rng, frozen):
+  def grads(self, state, batch, rng, frozen):
     images = batch["hr"]
     if self.cfg.pretext == "masked_patch":
       inputs, targets, weights = corrupt_patches(
@@ -124,7 +124,7 @@ class ViTStage(loop.Stage):
       return loss, {"loss": loss, "accuracy": acc}
 
     _, metrics, grads = loop.step_lib.value_and_grad_with_aux(loss_fn, state.params["vit"])
-    return state.apply_gradients({"vit": grads}), metrics
+    return {"vit": grads}, {}, metrics
 
   def images(self, state, batch, rng, frozen):
     if self.cfg.pretext != "masked_patch":
