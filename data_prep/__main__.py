@@ -202,6 +202,13 @@ def prepare(builder, plan, *, manual_dir: str | None = None, num_shards: int | N
     build.download_and_prepare(download_dir=download_dir, download_config=download_config)
   except BuildError as e:
     raise BuildError(f"{e}{' (the complete set there before is unchanged)' if complete else ''}") from e
+  except Exception as e:
+    # Under Beam a worker's BuildError (--strict) comes back wrapped in the runner's exception.
+    line = next((l.strip() for l in str(e).splitlines() if "strict: " in l), None)
+    if beam_options is None or line is None:
+      raise
+    line = line[line.index("strict: "):]
+    raise BuildError(f"{line}{' (the complete set there before is unchanged)' if complete else ''}") from e
   finally:
     shutil.rmtree(download_dir, ignore_errors=True)
     if complete and not os.path.isfile(os.path.join(staged, "dataset_info.json")):
@@ -274,6 +281,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
   info = records.read_info(target)
   print(summary_table(info, target, "built" + (" (replacing the previous set)" if replaced else "")), flush=True)
+  if records._is_old_format(dataset_dir):
+    print(f"note: {dataset_dir} also holds shards of the old (pre-TFDS) format, no longer read: its "
+          f"*.tfrecord files, .meta/ and dataset_info.json can be deleted", file=sys.stderr)
   empty = [s for s in SPLITS if not info["splits"].get(s, {}).get("num_examples")]
   if empty:
     print(f"WARNING: split(s) {', '.join(repr(s) for s in empty)} of {target} are EMPTY "

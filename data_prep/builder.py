@@ -152,9 +152,10 @@ class VolumeBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return self._plan
 
   def _manual_dir(self, dl_manager) -> str | None:
-    # `dl_manager.manual_dir` raises when the folder is missing or empty; the sample needs none.
-    path = getattr(dl_manager, "_manual_dir", None)
-    return str(path) if path and tfds.core.Path(path).exists() else None
+    try:
+      return str(dl_manager.manual_dir)
+    except AssertionError:  # none given, or missing or empty: ixi / fastmri say so, the sample needs none
+      return None
 
   def _download_and_prepare(self, dl_manager, download_config, **kwargs):
     self._beam = download_config.beam_options is not None or download_config.beam_runner is not None

@@ -109,6 +109,7 @@ def _versions(directory: str) -> list[str]:
 
 
 def _is_old_format(directory: str) -> bool:
+  """Whether `directory` holds shards of the pre-TFDS format (files directly in the dataset folder)."""
   if not os.path.isdir(directory):
     return False
   names = os.listdir(directory)
