@@ -3,7 +3,7 @@
   python -m data_prep --dataset=sample --data_dir=~/mrsr_jax_data
   python -m data_prep --dataset=ixi --manual_dir=~/Downloads/IXI --data_dir=~/mrsr_jax_data
   python -m data_prep --dataset=ixi/t1 --manual_dir=~/Downloads/IXI --data_dir=~/mrsr_jax_data
-  python -m data_prep --dataset=fastmri --manual_dir=~/fastmri/knee --data_dir=~/mrsr_jax_data \
+  python -m data_prep --dataset=fastmri --manual_dir=~/fastmri/knee --data_dir=~/mrsr_jax_data
       --beam_pipeline_options="runner=DirectRunner,direct_num_workers=8,direct_running_mode=multi_processing"
 
 It runs the dataset's TFDS builder (`data_prep/datasets/`, what `tfds build` runs), writing
@@ -63,7 +63,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   if name not in DATASETS:
     p.error(f"argument --dataset: invalid choice: {name!r} (choose from {', '.join(DATASETS)})")
   if config and config not in CONFIGS[name]:
-    have = f"one of {', '.join(CONFIGS[name])}" if CONFIGS[name] else "none (no configs)"
+    have = f"one of {', '.join(CONFIGS[name])}" if CONFIGS[name] else f"{name} has no configs"
     p.error(f"argument --dataset: {name} has no config {config!r} ({have})")
   args.name, args.config = name, config or None
   if name in ("ixi", "fastmri") and not args.manual_dir:

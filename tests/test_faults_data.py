@@ -247,8 +247,10 @@ def test_oblique_and_anisotropic_volumes_are_converted_along_the_right_axis(tmp_
   np.testing.assert_allclose(r["spacing"], [2, 2, 2], rtol=1e-6)
   np.testing.assert_allclose(r["image"], np.clip(data[28:92, 28:92, r["slice_index"]] / np.percentile(data, 99.5), 0, 1),
                              atol=1e-5)
+  assert r["orientation"] == "RA"  # rotated 20 degrees about x: still closest to R, A (axial slices)
   r = recs["IXI502"][0]
   np.testing.assert_allclose(r["spacing"], [1, 1, 3])  # (row, col, slice)
+  assert r["orientation"] == "RS"  # coronal slices (along the 3 mm A axis): rows go right, columns superior
   assert {x["slice_index"] for x in recs["IXI502"]} <= set(range(aniso.shape[1]))
   expected = volumes.centre_crop_or_pad(np.clip(aniso[:, r["slice_index"], :] / np.percentile(aniso, 99.5), 0, 1), HW)
   np.testing.assert_allclose(r["image"], expected, atol=1e-5)
