@@ -416,8 +416,18 @@ def test_contrast_configs_share_the_subject_split(tmp_path, mni2mm, small_ixi):
       for r in _records(d, s):
         assert r["contrast"] in contrasts
         assert split_of.setdefault(r["subject"], s) == s, (config, r["subject"])
-  # The dataset's own folder reads as its default config (all), as config.contrast="" does.
+  # The dataset's own folder reads as its default config (all), as config.contrast="" does; training
+  # and evaluation read `loop.dataset_dir(config)`, so config.contrast picks the builder config.
   assert records.read_info(str(out / "ixi"))["config"] == "all"
+  import ml_collections
+  from mrsr_jax.data import pipeline
+  from mrsr_jax.train import loop
+  for contrast, labels in (("", ["ixi/T1", "ixi/T2"]), ("t2", ["ixi/T2"])):
+    d = loop.dataset_dir(ml_collections.ConfigDict({"data_dir": str(out), "dataset": "ixi", "contrast": contrast}))
+    assert pipeline.dataset_info(d)["labels"] == labels
+    batch = next(pipeline.iterate(pipeline.create_dataset(d, "test", global_batch_size=64, crop_size=None, seed=0,
+                                                          train=False, process_index=0, process_count=1)))
+    assert {labels[i] for i in batch["label"][batch["mask"]]} == set(labels)
   with pytest.raises(SystemExit) as e:
     _run(["--dataset=ixi/t9", f"--manual_dir={manual}", f"--data_dir={out}"])
   assert e.value.code == 2
