@@ -191,6 +191,9 @@ def run() -> None:
   tf = import_tensorflow()
   tf.config.set_visible_devices([], "GPU")
 
+  from mrsr_jax import cpu_alloc
+  cpu_alloc.keep_freed_memory()   # XLA:CPU's per-step buffers reuse memory instead of page-faulting
+
   import jax
   if FLAGS.distributed or FLAGS.coordinator_address:
     # Before anything touches a device.

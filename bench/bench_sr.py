@@ -65,6 +65,15 @@ def rss_mb() -> tuple[float, float]:
 CPU_TIMES: list[float] = []   # process CPU seconds of each steady call of the last `timeit`
 
 
+def set_malloc(spec: dict) -> None:
+  """`--keep_freed`: glibc keeps freed memory (mrsr_jax.cpu_alloc, what run.py does) in these workers."""
+  if spec["framework"].startswith("jax") and spec.get("keep_freed") in ("ours", "both") or \
+     spec["framework"].startswith("torch") and spec.get("keep_freed") == "both":
+    sys.path.insert(0, ROOT)
+    from mrsr_jax import cpu_alloc
+    cpu_alloc.keep_freed_memory()
+
+
 def pin_cpus(threads: int | None) -> None:
   """Restricts this process to the first `threads` CPUs it may use (before jax / torch start their
   thread pools: XLA sizes its pool from this affinity), so both frameworks get the same cores."""
@@ -136,6 +145,7 @@ def pick_torch_threads(fn, requested: str) -> int:
 # -- workers (one measurement each, in a subprocess) -------------------------------------------------
 def worker_jax(spec: dict) -> dict:
   pin_cpus(spec.get("threads"))
+  set_malloc(spec)
   sys.path.insert(0, ROOT)
   import jax
   import jax.numpy as jnp
@@ -205,6 +215,7 @@ def worker_jax(spec: dict) -> dict:
 
 def worker_torch(spec: dict) -> dict:
   pin_cpus(spec.get("threads"))
+  set_malloc(spec)
   sys.path.insert(0, os.path.join(ROOT, "bench"))
   import torch
   import torch_reference as tr
@@ -403,6 +414,9 @@ def main():
                  help="CPUs every worker is pinned to (XLA's pool and PyTorch's threads alike)")
   p.add_argument("--torch_threads", default="same",
                  help="'same' (= --threads), 'auto' (faster of 1 and --threads) or a number")
+  p.add_argument("--keep_freed", default="both", choices=["both", "ours", "none"],
+                 help="glibc keeps freed memory (mrsr_jax.cpu_alloc, as run.py sets it) in: both "
+                      "frameworks' workers (default: equal environments), ours only, or neither")
   p.add_argument("--max_load", type=float, default=float(os.cpu_count() or 1),
                  help="no ratio is reported for a row whose 1-min load average before or after is above this")
   p.add_argument("--xla_flags", default=None, help="XLA_FLAGS for the JAX workers (e.g. CPU flags to try)")
@@ -424,10 +438,12 @@ def main():
         rows.append(dict(task=task, scale=s, size=size, batch=batch, dtype=args.dtype,
                          iters=args.iters, warmup=args.warmup, torch_threads=args.torch_threads,
                          threads=args.threads, matmul_precision=args.matmul_precision,
-                         volume_slices=args.volume_slices, volume_batch=args.volume_batch))
+                         volume_slices=args.volume_slices, volume_batch=args.volume_batch,
+                         keep_freed=args.keep_freed))
   jax_env = {"XLA_FLAGS": args.xla_flags} if args.xla_flags is not None else {}
   print(f"# {' '.join(sys.argv)}\n# load average at start: {load_average()}; {os.cpu_count()} CPUs; "
-        f"workers pinned to {args.threads} CPU(s), PyTorch threads: {args.torch_threads}; ratios only "
+        f"workers pinned to {args.threads} CPU(s), PyTorch threads: {args.torch_threads}; freed memory "
+        f"kept by: {args.keep_freed}; ratios only "
         f"where the 1-min load before and after the row is <= {args.max_load:g}")
   print(HEADER)
   print("|---" * (HEADER.count("|") - 1) + "|")
