@@ -25,9 +25,13 @@ DEFAULT = dict(pixel_weight=1.0, adv_weight=1e-4, lambda_vit=0.01, lambda_str=0.
                feature_target="hr")
 
 
+PAPER = dict(pixel_weight=1.0, adv_weight=1e-3, lambda_vit=1.0, lambda_str=1.0, lambda_tex=0.9,
+             feature_target="lr")
+
+
 def test_rows_are_the_losses_they_name(study):
   from mrsr_jax.losses import TABLE_ABLATIONS
-  rows = {name: loss for name, (_, loss) in study.rows(DEFAULT).items()}
+  rows = {name: loss for name, (_, loss) in study.rows(DEFAULT, PAPER).items()}
   # Eq. 9 exactly: no pixel term, L_adv weighted 1, the paper's lambdas, features of bicubic(LR).
   assert rows["eq9_lr"] == dict(pixel_weight=0.0, adv_weight=1.0, lambda_vit=1.0, lambda_str=1.0,
                                 lambda_tex=0.9, feature_target="lr")
@@ -43,6 +47,11 @@ def test_rows_are_the_losses_they_name(study):
       assert loss[key] == (0.0 if value == 0.0 else DEFAULT[key]), (name, key)
     assert {k: loss[k] for k in ("pixel_weight", "adv_weight", "feature_target")} == \
         {k: DEFAULT[k] for k in ("pixel_weight", "adv_weight", "feature_target")}
+    # The same row on the paper configs' loss: kept terms at the paper's weights.
+    on_paper = rows[f"paper_cfg_{name[4:]}"]
+    assert on_paper == {**PAPER, **{k: (0.0 if v == 0.0 else PAPER[k]) for k, v in paper.items()}}
+  assert rows["paper_cfg"] == PAPER
+  assert rows["adv"] == dict(DEFAULT, lambda_vit=0.0, lambda_str=0.0, lambda_tex=0.0)
 
 
 def _results(study, default_psnr, l1_psnr):
