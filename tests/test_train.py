@@ -227,6 +227,7 @@ def sr_step(sample_data_dir):
   init, _ = loop.init_state(stage, mesh)
   state = init(jax.random.key(config.seed))
   batch = jax.device_get(next(loop.train_iterator(stage, config, 0, mesh)))
+  batch = {k: np.asarray(batch[k]) for k in ("hr", "label")}     # what the SR step reads
   hr = jnp.asarray(batch["hr"], jnp.float32)
   _, warm_stats = stage._disc(state.params["disc"], state.batch_stats["disc"], jnp.flip(hr, 1))
   state = state.replace(batch_stats={**state.batch_stats, "disc": warm_stats})
