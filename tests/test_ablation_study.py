@@ -77,3 +77,17 @@ def test_report_means_spreads_gains_and_paired_test(study):
   p = stats.ttest_rel(flat, np.array(l1).ravel()).pvalue
   assert f"{d.mean():+.2f} dB (t-test p={p:.3f}" in text and "n=6" in text
   assert "Best on val (IXI015)" in text and text.index("default +") < text.index("l1 +")
+
+
+def test_paper_exact_loss_is_one_override_away(study):
+  from mrsr_jax import api
+  eq9 = api.load_config("demo:eq9").sr.loss
+  paper_row = study.rows(DEFAULT, PAPER)["eq9_lr"][1]
+  assert {k: eq9[k] for k in paper_row} == paper_row
+  default = api.load_config("demo")
+  assert {k: default.sr.loss[k] for k in DEFAULT} == DEFAULT      # what the study's "default" row is
+  other = api.load_config("demo:eq9").to_dict()
+  other["sr"]["loss"] = default.sr.loss.to_dict()
+  assert other == default.to_dict()                                # only the loss differs
+  with pytest.raises(ValueError, match="demo.py:bogus: unknown loss"):
+    api.load_config("demo:bogus")
