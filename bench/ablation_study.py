@@ -92,13 +92,21 @@ def rows(default_loss: dict, paper_loss: dict) -> dict[str, tuple[str, dict]]:
   # the paper configs train with show what each term does where it weighs.
   out["paper_cfg"] = ("the paper configs' loss: L1 + Eq. 9 at λ 1/1/0.9, adversarial 1e-3, features of "
                       "bicubic(LR)", dict(paper_loss))
-  for name, lambdas in TABLE_ABLATIONS.items():
-    if name == "full":
-      continue
-    kept = "+".join(k.replace("lambda_", "") for k, v in lambdas.items() if v)
-    out[f"paper_cfg_{name}"] = (f"Tables 1-2 row '{name}' on the paper configs' loss (only L_{kept})",
-                                dict(paper_loss, **{k: (0.0 if v == 0.0 else paper_loss[k])
-                                                    for k, v in lambdas.items()}))
+  # ... and with the features of the HR slice (the default's target), which tells a term that hurts
+  # from a target that pulls the output back to bicubic.
+  for target, suffix in (("lr", ""), ("hr", "_hr")):
+    if suffix:
+      out[f"paper_cfg{suffix}"] = ("the paper configs' loss with features of the HR slice",
+                                   dict(paper_loss, feature_target=target))
+    for name, lambdas in TABLE_ABLATIONS.items():
+      if name == "full":
+        continue
+      kept = "+".join(k.replace("lambda_", "") for k, v in lambdas.items() if v)
+      out[f"paper_cfg{suffix}_{name}"] = (
+          f"Tables 1-2 row '{name}' on the paper configs' loss{' (HR features)' if suffix else ''} "
+          f"(only L_{kept})",
+          dict(paper_loss, feature_target=target,
+               **{k: (0.0 if v == 0.0 else paper_loss[k]) for k, v in lambdas.items()}))
   return out
 
 

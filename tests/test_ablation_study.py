@@ -50,7 +50,9 @@ def test_rows_are_the_losses_they_name(study):
     # The same row on the paper configs' loss: kept terms at the paper's weights.
     on_paper = rows[f"paper_cfg_{name[4:]}"]
     assert on_paper == {**PAPER, **{k: (0.0 if v == 0.0 else PAPER[k]) for k, v in paper.items()}}
+    assert rows[f"paper_cfg_hr_{name[4:]}"] == dict(on_paper, feature_target="hr")
   assert rows["paper_cfg"] == PAPER
+  assert rows["paper_cfg_hr"] == dict(PAPER, feature_target="hr")
   assert rows["adv"] == dict(DEFAULT, lambda_vit=0.0, lambda_str=0.0, lambda_tex=0.0)
 
 
