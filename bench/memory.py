@@ -151,9 +151,15 @@ def make_stage(config, name: str, info: dict):
   config = config.copy_and_resolve_references()
   if name == "vit":
     config.vit.init_checkpoint = ""    # the same shapes; the tool reads no weights
-  with _abstract_sources(info):
-    stage = pipeline.STAGES[name](config, "/nonexistent-memory-tool-workdir")
-    stage.num_steps(info)             # the SR cosine schedule's length (no effect on memory)
+  from absl import logging
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)   # the stages' advice for a training run (e.g. on the ViT's
+  try:                                    # starting point) is not about memory
+    with _abstract_sources(info):
+      stage = pipeline.STAGES[name](config, "/nonexistent-memory-tool-workdir")
+      stage.num_steps(info)           # the SR cosine schedule's length (no effect on memory)
+  finally:
+    logging.set_verbosity(verbosity)
   return stage
 
 
@@ -520,7 +526,9 @@ def main(argv: Sequence[str] | None = None) -> int:
       configs = {p: (fv.config if p == spec and not table else
                      load_named_config(p if os.path.isabs(p) else os.path.join(ROOT, p)))
                  for p in paths}
+      from absl import logging
       from mrsr_jax import config_check
+      logging.set_verbosity(logging.ERROR)   # advice for a training run, not about memory
       for config in configs.values():
         config_check.validate(config, num_devices=fv.devices, num_processes=1)
       reports = loaded or []
