@@ -148,6 +148,18 @@ def test_every_paper_step_fits_80gb(config_name, stage):
   _fits_80gb(config_name, stage)
 
 
+@pytest.mark.parametrize("name, slices, steps", [
+    ("sr_ixi_x4", 144_000, (20_000, 300_000, 18_750)),   # three IXI contrasts pooled: not 3x the paper
+    ("sr_ixi_x2", 48_000, (20_000, 300_000, 18_750)),    # one contrast: the paper's 100 epochs
+    ("sr_fastmri_x2", 16_208, (20_000, 101_300, 6_332)),  # fastMRI: 100 epochs of its set
+])
+def test_paper_stage_lengths(name, slices, steps):
+  """Stage lengths of the paper configs (paper_deviations.md row 31) for a training set of `slices`:
+  what the cost table in docs/benchmarks.md multiplies the FLOPs per step by."""
+  config = _paper_config(name)
+  assert tuple(memory.stage_steps(config, stage, slices)[0] for stage in ("vit", "ae", "sr")) == steps
+
+
 def test_cost_flops_reads_dict_and_list():
   """cost_analysis() is a dict in jax 0.10 and a list of per-module dicts in older versions."""
   class Fake:
