@@ -26,7 +26,9 @@ What is printed, per stage (GiB = 2^30 bytes):
         used: on XLA:CPU it omits temporaries, e.g. 4 MiB for a step with 4 MiB of arguments and
         4 MiB of temporaries.)
   FLOPs `compiled.cost_analysis()["flops"]` (a dict in jax 0.10; a list of one dict per module in
-        some older versions, both handled): XLA's HLO cost analysis, a multiply-add counted as 2.
+        some older versions, both handled): XLA's HLO cost analysis, a multiply-add counted as 2. It
+        counts the body of a loop once, so an accumulating step's figure is one microbatch's: FLOPs
+        per step come from the unsplit steps of the linear model.
   fixed + per slice   the step compiled at two per-device batch sizes (`--sizes`, default 2 and 4
         slices, no accumulation); peak and FLOPs are linear in the batch (FLOPs exactly), so the two
         give the fixed part (params, optimiser state, frozen extractors, per-step work) and the part
@@ -353,7 +355,9 @@ def describe(r: Report) -> str:
   if r.configured is not None:
     k = r.configured.microbatches
     lines.append(f"  configured step: {k} microbatch(es) of {r.per_device_batch // k}: peak "
-                 f"{gib(r.configured.peak)} GiB compiled, {gib(r.peak_estimate(k))} GiB by the linear model")
+                 f"{gib(r.configured.peak)} GiB compiled, {gib(r.peak_estimate(k))} GiB by the linear model"
+                 + ("; its GFLOP are one microbatch's (XLA's cost analysis counts a loop body once)"
+                    if k > 1 else ""))
   fits = ", ".join(f"{g} GB: " + (f"{k} microbatch(es) of {r.per_device_batch // k}" if k else "no split fits")
                    for g, k in r.fits.items())
   lines.append(f"  fits ({r.headroom:.0%} of the card counted usable): {fits}")
