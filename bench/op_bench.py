@@ -168,7 +168,13 @@ def main():
   p.add_argument("--only", default="", help="substring filter on the row names")
   p.add_argument("--xla_flags", default=None)
   p.add_argument("--no_xla_baseline", action="store_true", help="skip XLA's own kernel gradient column")
+  p.add_argument("--keep_freed", type=int, default=1, help="1: glibc keeps freed memory (mrsr_jax.cpu_alloc, "
+                 "as run.py sets it; it applies to both frameworks in this one process)")
   args = p.parse_args()
+  if args.keep_freed:
+    sys.path.insert(0, ROOT)
+    from mrsr_jax import cpu_alloc
+    cpu_alloc.keep_freed_memory()
   if args.xla_flags is not None:
     os.environ["XLA_FLAGS"] = args.xla_flags
   sys.path.insert(0, ROOT)
@@ -176,7 +182,8 @@ def main():
   import torch
   torch.set_num_threads(args.threads)
   cpus = len(os.sched_getaffinity(0))
-  print(f"# {' '.join(sys.argv)}\n# {cpus} CPUs allowed, torch threads {torch.get_num_threads()}, "
+  print(f"# {' '.join(sys.argv)}\n# {cpus} CPUs allowed, torch threads {torch.get_num_threads()}, keep_freed "
+        f"{args.keep_freed}, "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, load {os.getloadavg()[0]:.2f}")
   print("| layer | pass | count | ours ms (CPU) | XLA own ms | torch ms (CPU) | ours/torch | wall ours / torch |")
   print("|---|---|---|---|---|---|---|---|")
