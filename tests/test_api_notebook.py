@@ -147,9 +147,17 @@ def test_notebook_runs_top_to_bottom(sample_data_dir, tmp_path, monkeypatch):
   nbclient = pytest.importorskip("nbclient")
   pytest.importorskip("ipykernel")
   nb = nbformat.read(NOTEBOOK, as_version=4)
-  # Committed with outputs cleared, so the diff of a change is the change.
-  assert all(not c.get("outputs") and c.get("execution_count") is None
-             for c in nb.cells if c.cell_type == "code")
+  # Stored executed at demo settings, so a reader on a code host sees its figures and tables without
+  # running it; kept small (PNG at a modest dpi).
+  stored = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+  assert sum("image/png" in o.get("data", {}) for o in stored) >= 3, "stored without its figures"
+  assert any("L_vit" in o.get("data", {}).get("text/markdown", "") for o in stored)
+  assert not any(o.get("output_type") == "error" for o in stored)
+  assert NOTEBOOK.stat().st_size < 2_000_000
+  # It opens in Colab: the first code cell sets it up there, and only there.
+  first = next(c for c in nb.cells if c.cell_type == "code")
+  assert 'if "google.colab" in sys.modules:' in first.source and "colab_setup.py" in first.source
+  assert "colab.research.google.com" in nb.cells[0].source
 
   workdir = tmp_path / "runs"
   # The kernel is a fresh process that sees the repository as an installed package would, one CPU
@@ -182,3 +190,32 @@ def test_notebook_runs_top_to_bottom(sample_data_dir, tmp_path, monkeypatch):
   markdown = "".join(o["data"].get("text/markdown", "") for o in outputs if "data" in o)
   for term in ("L_adv", "L_vit", "L_str", "L_tex", "L_pixel", "L_edge"):
     assert term in markdown, term
+
+
+def test_colab_setup_installs_only_what_the_runtime_lacks():
+  """The Colab cell's installer: the runtime's jax (and its CUDA plugin), numpy and TensorFlow stay as
+  they are; a full `tensorflow` serves the `tensorflow-cpu` requirement; a jax too old is upgraded
+  with its plugin through jax's own extra, never by a plain `jax` that would leave the plugin behind."""
+  sys.path.insert(0, str(ROOT / "examples"))
+  try:
+    import colab_setup
+  finally:
+    sys.path.remove(str(ROOT / "examples"))
+  requirements = ["jax>=0.10.2", "flax>=0.12.8", "numpy>=1.26", "tensorflow-cpu>=2.16",
+                  "nibabel>=5.2", "dipy>=1.8", "pywin32>=1; sys_platform == 'win32'"]
+  colab = {"jax": "0.10.3", "jaxlib": "0.10.3", "jax-cuda12-plugin": "0.10.3",
+           "jax-cuda12-pjrt": "0.10.3", "numpy": "2.0.2", "tensorflow": "2.19.0", "flax": "0.10.4",
+           "nibabel": "5.3.2", "requests": "2.32.3"}
+  install, pins = colab_setup.plan(requirements, colab)
+  assert install == ["flax>=0.12.8", "dipy>=1.8"]
+  assert pins == ["jax==0.10.3", "jax-cuda12-pjrt==0.10.3", "jax-cuda12-plugin==0.10.3",
+                  "jaxlib==0.10.3", "numpy==2.0.2", "tensorflow==2.19.0"]
+  old_jax = dict(colab, jax="0.5.2", jaxlib="0.5.2", **{"jax-cuda12-plugin": "0.5.2"})
+  install, pins = colab_setup.plan(requirements, old_jax)
+  assert install[0] == "jax[cuda12]>=0.10.2" and not any(p.startswith("jax") for p in pins)
+  # A runtime TensorFlow too old is upgraded as itself, not overwritten by tensorflow-cpu.
+  install, pins = colab_setup.plan(requirements, dict(colab, tensorflow="2.12.0"))
+  assert "tensorflow>=2.16" in install and "tensorflow==2.12.0" not in pins
+  # This environment (what the suite runs in) already has everything the package needs.
+  assert colab_setup.plan(colab_setup.project_requirements(str(ROOT)),
+                          colab_setup.installed_versions())[0] == []
