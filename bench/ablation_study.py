@@ -205,6 +205,7 @@ def write_json_atomic(path: str, obj) -> None:
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
   with os.fdopen(fd, "w") as f:
     json.dump(obj, f, indent=1, sort_keys=True)
+  os.chmod(tmp, 0o644)   # mkstemp's 0600 would make a committed result unreadable to others
   os.replace(tmp, path)
 
 
