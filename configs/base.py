@@ -26,6 +26,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.dtype = "float32"          # compute dtype; "bfloat16" for mixed precision (params stay float32).
   config.grad_clip_norm = 0.0       # 0 disables gradient clipping.
   config.input_readers = 0          # data readers (0: one per process); fix it to make batches independent of the process count.
+  # Keep decoded training slices in host RAM after the first epoch (pipeline.create_dataset(cache=True)):
+  # decoding is ~90% of the input pipeline's CPU, so feeding 8 GPUs from an 8-core host needs it
+  # (docs/benchmarks.md, "Input pipeline"); costs ~0.23 MB per 240^2 slice of this host's readers.
+  config.input_cache = False
 
   # Logging and checkpoints (all stages).
   config.log_every_steps = 50

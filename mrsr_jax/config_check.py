@@ -120,6 +120,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
   _int(config, "image_every_steps", min_value=0)
   _int(config, "keep_checkpoints", min_value=1)
   readers = _int(config, "input_readers", min_value=0) or num_processes
+  if "input_cache" in config:
+    _choice(config, "input_cache", (False, True))
   if readers % num_processes:
     _fail("input_readers", readers, f"must be a multiple of the {num_processes} processes")
   if not isinstance(_get(config, "dataset"), str) or not config.dataset:

@@ -30,3 +30,28 @@ def test_cache_serves_later_epochs_from_memory(sample_data_dir, tmp_path):
   for _ in range(2 * n // b):
     batch = next(cached)
     assert batch["hr"].shape == (b, 64, 64, 1) and np.isfinite(batch["hr"]).all()
+
+
+def test_training_reads_through_the_cache_when_config_asks(monkeypatch):
+  """config.input_cache reaches every reader of the training loop (and only when asked)."""
+  import types
+
+  import ml_collections
+  from mrsr_jax.train import loop
+
+  seen = []
+
+  def fake_create_dataset(*args, **kwargs):
+    seen.append(kwargs["cache"])
+    raise StopIteration          # stop the iterator at its first read: only the call matters
+
+  monkeypatch.setattr(pipeline, "create_dataset", fake_create_dataset)
+  stage = types.SimpleNamespace(batch_size=4, crop_size=16)
+  for cache in (False, True):
+    config = ml_collections.ConfigDict(dict(
+        data_dir="d", dataset="sample", contrast="", seed=0, input_readers=1, input_cache=cache))
+    try:
+      next(loop.train_iterator(stage, config, 0, mesh=None))
+    except (StopIteration, RuntimeError):
+      pass
+  assert seen == [False, True]

@@ -192,7 +192,7 @@ def train_iterator(stage: Stage, config, start_step: int, mesh) -> Iterator[dict
   per_proc = readers // procs
   streams = [pipeline.create_dataset(
       dataset_dir(config), "train", global_batch_size=stage.batch_size, crop_size=stage.crop_size,
-      seed=config.seed, train=True, start_step=start_step,
+      seed=config.seed, train=True, start_step=start_step, cache=config.get("input_cache", False),
       process_index=r, process_count=readers).as_numpy_iterator()
       for r in range(me * per_proc, (me + 1) * per_proc)]
   while True:
