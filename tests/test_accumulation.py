@@ -246,11 +246,14 @@ def test_vit_accumulated_step_equals_one_batch(monkeypatch):
 
 # -- remat: the same parameters, the same values and gradients ----------------------------------------
 def _grads(module, variables, loss):
-  return jax.grad(lambda p: loss(module, {**variables, "params": p}))(variables["params"])
+  return jax.jit(jax.grad(lambda p: loss(module, {**variables, "params": p})))(variables["params"])
 
 
-@pytest.mark.parametrize("name", ["sr_generator", "vit", "swap_encoder", "swap_generator",
-                                  "swap_discriminator"])
+@pytest.mark.parametrize("name", [
+    "sr_generator", "vit", "swap_encoder",
+    # The same `_blocks` helper as the encoder's: slow only for the suite's time budget.
+    pytest.param("swap_generator", marks=pytest.mark.slow),
+    pytest.param("swap_discriminator", marks=pytest.mark.slow)])
 def test_remat_same_params_and_gradients(name):
   x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 1))
   if name == "sr_generator":       # with BatchNorm in train mode: statistics recomputed alike
