@@ -54,7 +54,8 @@ def test_package_import_is_light():
 # -- the loss breakdown -----------------------------------------------------------------------------
 def test_loss_breakdown_equals_sr_generator_loss_by_hand(trained):
   config, workdir, states = trained
-  info = os.path.join(config.data_dir, "sample", "dataset_info.json")
+  from mrsr_jax.data import records
+  info = os.path.join(records.prepared_dir(os.path.join(config.data_dir, "sample")), "dataset_info.json")
   before = os.stat(info).st_mtime_ns
   assert api.prepare_sample_data(config) == os.path.join(config.data_dir, "sample")
   assert os.stat(info).st_mtime_ns == before, "existing shards were rebuilt"
