@@ -115,10 +115,11 @@ def assert_range_like_bicubic(src, out, axis, s, tol):
   return got, want, data_in
 
 
-# The 4-step tiny generator is barely trained: its own residual adds ~+10% at the 99th percentile and
-# 5-8% at the 99.9th (measured); saturation at the percentile (old predict) is off by 40-90%. The
-# pipeline itself is checked exactly with bicubic in the generator's place.
-TINY_MODEL_TOL = 0.12
+# The 4-step tiny generator is barely trained: its own residual adds ~+10-15% at the 99th percentile
+# (measured: +10% before the TFDS data / accumulation changes, +15% after) and 5-8% at the 99.9th;
+# saturation at the percentile (old predict) is off by 40-90%. The pipeline itself is checked exactly
+# with bicubic in the generator's place.
+TINY_MODEL_TOL = 0.2
 
 
 @pytest.mark.parametrize("source", ["package", "ixi"])
