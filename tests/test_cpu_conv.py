@@ -1,5 +1,7 @@
 """cpu_conv.conv_general_dilated: the same convolution and gradients as lax's, whatever the shape."""
 
+import contextlib
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -24,7 +26,8 @@ DN = ("NHWC", "HWIO", "NHWC")
     (2, 10, 3, 6, 3, 1, "VALID"),     # no padding
     (2, 10, 6, 2, 3, 1, ((2, 0), (1, 1))),  # explicit, asymmetric
 ])
-def test_values_and_gradients_match_lax(b, n, ci, co, k, s, padding):
+@pytest.mark.parametrize("eigen", [False, True], ids=["ynnpack", "eigen"])
+def test_values_and_gradients_match_lax(b, n, ci, co, k, s, padding, eigen):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((b, n, n, ci), np.float32))
   w = jnp.asarray(rng.standard_normal((k, k, ci, co), np.float32))
@@ -34,7 +37,11 @@ def test_values_and_gradients_match_lax(b, n, ci, co, k, s, padding):
     return lambda x, w: jnp.sum(jnp.sin(conv(x, w, (s, s), padding, dimension_numbers=dn)))
 
   want = jax.jit(jax.value_and_grad(loss(lax.conv_general_dilated), argnums=(0, 1)))(x, w)
-  got = jax.jit(jax.value_and_grad(loss(cpu_conv.conv_general_dilated), argnums=(0, 1)))(x, w)
+  # Both kernel-gradient choices: the one traced for YNNPACK's convolutions and the one for the train
+  # step's Eigen convolutions (compiled with the options compile_step uses, where this jaxlib has them).
+  with cpu_conv.eigen_convolutions() if eigen else contextlib.nullcontext():
+    got = jax.jit(jax.value_and_grad(loss(cpu_conv.conv_general_dilated), argnums=(0, 1)),
+                  compiler_options=cpu_conv.train_compiler_options() if eigen else None)(x, w)
   np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
   for g, r in zip(got[1], want[1]):
     np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(r))))
@@ -61,3 +68,61 @@ def test_srgan_train_gradients_unchanged(monkeypatch):
   assert jax.tree.structure(fast) == jax.tree.structure(plain)
   for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(plain)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * (1 + float(jnp.max(jnp.abs(b)))))
+
+
+def _kernel_grad_ops(text: str) -> list[str]:
+  """The kernel-gradient convolutions of a compiled HLO text: windows as large as an image."""
+  return [line for line in text.splitlines()
+          if " convolution(" in line and "window={size=16x16" in line]
+
+
+def test_kernel_gradient_follows_the_convolution_library():
+  """Inside eigen_convolutions() the widening conv's kernel gradient is XLA's own (a convolution
+  whose window is the image), outside it the im2col matrix product; the CPU train-step options keep
+  convolutions off YNNPACK (no YNNPACK fusion around a convolution)."""
+  if not cpu_conv.train_compiler_options():
+    pytest.skip("this jaxlib's CPU compiler has no xla_cpu_experimental_ynn_fusion_type option")
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((2, 16, 16, 4), np.float32))
+  w = jnp.asarray(rng.standard_normal((3, 3, 4, 16), np.float32))
+  def grad():   # a new function per trace: jit caches traces by function, not by the context
+    return jax.grad(lambda w: jnp.sum(cpu_conv.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN) ** 2))
+  plain = jax.jit(grad()).lower(w).compile().as_text()
+  with cpu_conv.eigen_convolutions():
+    eigen = jax.jit(grad(), compiler_options=cpu_conv.train_compiler_options()).lower(w).compile().as_text()
+  assert not _kernel_grad_ops(plain) and " dot(" in plain
+  assert len(_kernel_grad_ops(eigen)) == 1
+  assert not any("__ynn_fusion" in line and "convolution" in line for line in eigen.splitlines()
+                 if line.lstrip().startswith("ROOT"))
+
+
+def test_train_compiler_options_fall_back_when_rejected(monkeypatch):
+  """A jaxlib without the option: {} and steps compile with XLA's defaults (no error)."""
+  monkeypatch.setattr(cpu_conv, "TRAIN_COMPILER_OPTIONS", {"xla_cpu_no_such_option_at_all": "1"})
+  cpu_conv.train_compiler_options.cache_clear()
+  try:
+    assert cpu_conv.train_compiler_options() == {}
+  finally:
+    cpu_conv.train_compiler_options.cache_clear()
+
+
+def test_compile_step_compiles_cpu_steps_for_eigen_convolutions():
+  """The train-step compile (every stage's) on CPU: traced inside eigen_convolutions() and compiled
+  with the options, so the widening conv's kernel gradient is XLA's own convolution."""
+  if not cpu_conv.train_compiler_options():
+    pytest.skip("this jaxlib's CPU compiler has no xla_cpu_experimental_ynn_fusion_type option")
+  from mrsr_jax import sharding
+  from mrsr_jax.train import step as step_lib
+  mesh = sharding.make_mesh()
+  n = mesh.devices.size
+
+  def update(w, batch, rng, frozen):
+    loss = lambda w: jnp.mean(cpu_conv.conv_general_dilated(batch["x"], w, (1, 1), "SAME", dimension_numbers=DN) ** 2)
+    value, g = jax.value_and_grad(loss)(w)
+    return w - 0.1 * g, {"loss": value}
+
+  w = jnp.ones((3, 3, 4, 16), jnp.float32)
+  batch = sharding.to_global({"x": np.ones((n, 16, 16, 4), np.float32)}, mesh)
+  step = step_lib.compile_step(update, mesh)
+  text = step.lower(w, batch, jax.random.key(0), {}).compile().as_text()
+  assert len(_kernel_grad_ops(text)) == 1

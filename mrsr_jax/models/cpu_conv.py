@@ -12,11 +12,21 @@ only for plain 2D NHWC convolutions (no dilation, one group, more than one input
 channel counts differ or that are strided; everything else goes to `lax.conv_general_dilated`
 untouched. The price is compile time (the k*k window slices) and the im2col buffer's memory. Pass it to Flax as
 `nn.Conv(..., conv_general_dilated=cpu_conv.conv_general_dilated)`: the parameter tree is unchanged.
+
+Which kernel gradient is fastest depends on which library runs XLA:CPU's convolutions (jaxlib 0.10
+hands them to YNNPACK by default): under YNNPACK the im2col product wins where the channel counts
+differ; with Eigen's convolutions, XLA's own kernel gradient is faster on every layer but the 9x9
+one-output-channel conv, and the train step as a whole is faster too (docs/benchmarks.md, issue 13).
+`compile_step` therefore compiles CPU train steps with `train_compiler_options()` (Eigen's
+convolutions, YNNPACK's matrix products) and traces them inside `eigen_convolutions()`, which picks
+the kernel gradients for that executable. Inference keeps YNNPACK's convolutions (faster forward).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 from typing import Sequence
 
 import jax
@@ -24,6 +34,42 @@ import jax.numpy as jnp
 from jax import lax
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
+
+# The XLA:CPU option that keeps convolutions off YNNPACK (Eigen's kernels) and matrix products and
+# reductions on it: the list overwrites jaxlib 0.10's default (convolutions, dots, reductions).
+TRAIN_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
+                          "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+
+_TRACE = threading.local()
+
+
+@functools.cache
+def train_compiler_options() -> dict:
+  """`TRAIN_COMPILER_OPTIONS` if this jaxlib's CPU compiler accepts them, else {} (checked once).
+
+  The option is experimental: a jaxlib without it (or with another spelling) rejects the compile, and
+  then steps compile with XLA's defaults and the kernel gradients chosen for them."""
+  try:
+    cpu = jax.devices("cpu")[0]
+    x = jax.device_put(jnp.zeros((1, 4, 4, 2), jnp.float32), cpu)
+    fn = jax.jit(lambda x: lax.conv_general_dilated(x, jnp.ones((3, 3, 2, 2), x.dtype), (1, 1), "SAME",
+                                                    dimension_numbers=_NHWC),
+                 compiler_options=TRAIN_COMPILER_OPTIONS)
+    fn.lower(x).compile()
+  except Exception:   # noqa: BLE001 -- any rejection means: not supported here
+    return {}
+  return dict(TRAIN_COMPILER_OPTIONS)
+
+
+@contextlib.contextmanager
+def eigen_convolutions():
+  """Convolutions traced inside are for an executable compiled with `train_compiler_options()`."""
+  prev = getattr(_TRACE, "eigen", False)
+  _TRACE.eigen = True
+  try:
+    yield
+  finally:
+    _TRACE.eigen = prev
 
 
 def _plain_2d(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count) -> bool:
@@ -58,19 +104,21 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding, lhs_d
   else:
     pads = padding
   pads = tuple((int(lo), int(hi)) for lo, hi in pads)
-  return _conv(lhs, rhs, strides, pads, precision)
+  # A static argument (part of JAX's trace caches), read here in the forward trace.
+  eigen = bool(getattr(_TRACE, "eigen", False))
+  return _conv(lhs, rhs, strides, pads, precision, eigen)
 
 
 def _plain_conv(x, w, strides, pads, precision):
   return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_NHWC, precision=precision)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv(x, w, strides, pads, precision):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv(x, w, strides, pads, precision, eigen):
   return _plain_conv(x, w, strides, pads, precision)
 
 
-def _conv_fwd(x, w, strides, pads, precision):
+def _conv_fwd(x, w, strides, pads, precision, eigen):
   return _plain_conv(x, w, strides, pads, precision), (x, w)
 
 
@@ -142,7 +190,7 @@ def _input_grad(fwd, x, w, dy, strides, pads, precision):
   return vjp_x(dy)[0]
 
 
-def _conv_bwd(strides, pads, precision, res, dy):
+def _conv_bwd(strides, pads, precision, eigen, res, dy):
   x, w = res
   if strides == (1, 1):
     dx = _input_grad(_plain_conv, x, w, dy, strides, pads, precision)
@@ -151,9 +199,14 @@ def _conv_bwd(strides, pads, precision, res, dy):
         x, w, dy,
         cpu=lambda *a: _input_grad(_phase_conv, *a, strides, pads, precision),
         default=lambda *a: _input_grad(_plain_conv, *a, strides, pads, precision))
+  kh, kw, ci, co = w.shape
+  # Under Eigen's convolutions XLA's own kernel gradient is the faster one except for few output
+  # channels at stride 1 (the 9x9 -> 1 channel conv: 2.2x slower than dy's im2col there).
+  cpu_grad = (_kernel_grad_xla if eigen and not (co < ci and strides == (1, 1))
+              else _kernel_grad_matmul)
   dw = lax.platform_dependent(
       x, w, dy,
-      cpu=lambda *a: _kernel_grad_matmul(*a, strides, pads, precision),
+      cpu=lambda *a: cpu_grad(*a, strides, pads, precision),
       default=lambda *a: _kernel_grad_xla(*a, strides, pads, precision))
   return dx, dw
 
