@@ -131,6 +131,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.num_figure_slices = 3
   config.predict = ml_collections.ConfigDict()
   # Slices per generator call; 0: as few calls as memory allows (predict.plan_batches), e.g. a
-  # 256-slice volume in one call on a GPU. A positive value fixes it (a multiple of the devices).
+  # 256-slice volume in one call on a GPU, one slice per device and call on CPU (faster per slice
+  # there). A positive value fixes it (a multiple of the devices).
   config.predict.batch_size = 0
   return config

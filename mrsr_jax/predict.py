@@ -10,7 +10,8 @@ clipped to [0, 1]. The generator super-resolves the clipped slices in fixed-size
 call shape, so nothing recompiles): with `predict.batch_size = 0` (the default) as few calls as
 memory allows (`plan_batches`: the whole volume in one call when XLA's memory figure for it fits
 half the free device memory, which keeps a GPU busy instead of paying a launch and a host round trip
-per small batch), else batches of `predict.batch_size` slices. What the clip removed (the brightest
+per small batch; on CPU devices one slice per device and call, which XLA:CPU runs faster per slice),
+else batches of `predict.batch_size` slices. What the clip removed (the brightest
 0.5% above the percentile, negative values) is added back through bicubic upsampling, so the output
 keeps the input's whole intensity range instead of saturating at the percentile. The result goes back
 to the input's units and is written as float32: super-resolved values are not integers, and an
@@ -269,8 +270,15 @@ def _call_bytes(compiled) -> float | None:
 MEMORY_FRACTION = 0.5
 
 
+# Slices per device and call on CPU devices. XLA:CPU runs the generator faster per slice on one slice
+# at a time than on a batch (its activations stay in cache): 2x, 512² output, 2 cores, 470 ms per
+# slice at 1 per call, 500 at 2 or 4, 653 at 16 (bench/bench_sr.py --rows=volume; docs/benchmarks.md).
+# A call costs a CPU nothing to launch, so batching buys nothing there.
+CPU_SLICES_PER_CALL = 1
+
+
 def plan_batches(apply_fn, slice_hw: tuple[int, int], n_slices: int, mesh, *,
-                 memory_bytes: float | None = None):
+                 memory_bytes: float | None = None, max_per_device: int | None = None):
   """(compiled call, batch size) to super-resolve `n_slices` LR slices of `slice_hw` in as few
   generator calls as memory allows, instead of many small ones.
 
@@ -278,10 +286,14 @@ def plan_batches(apply_fn, slice_hw: tuple[int, int], n_slices: int, mesh, *,
   figure for it (`compiled.memory_analysis()`: arguments, outputs, temporaries per device) fits
   `MEMORY_FRACTION` of a device's free memory (`memory_bytes` overrides the free figure); otherwise
   the per-slice cost measured on that compile gives the fewest equal calls that fit. Every process
-  takes the smallest batch any of them can afford, so all run the same calls.
+  takes the smallest batch any of them can afford, so all run the same calls. At most
+  `max_per_device` slices per device and call (0: no cap); by default no cap on accelerators and
+  `CPU_SLICES_PER_CALL` on CPU devices, where small calls are faster per slice.
   """
   apply_fn = apply_fn if hasattr(apply_fn, "lower") else jax.jit(apply_fn)
   n_dev = mesh.devices.size
+  if max_per_device is None:
+    max_per_device = CPU_SLICES_PER_CALL if mesh.devices.flat[0].platform == "cpu" else 0
   data_sharding = sharding.data_sharding(mesh)
   budget = MEMORY_FRACTION * (memory_bytes if memory_bytes is not None else _free_memory_per_device(mesh))
 
@@ -290,7 +302,10 @@ def plan_batches(apply_fn, slice_hw: tuple[int, int], n_slices: int, mesh, *,
     return apply_fn.lower(spec).compile()
 
   per_dev = max(-(-n_slices // n_dev), 1)        # slices each device needs in all
-  compiled = compile_for(per_dev * n_dev)
+  if max_per_device:
+    per_dev = min(per_dev, max_per_device)
+  first = per_dev * n_dev
+  compiled = compile_for(first)
   need = _call_bytes(compiled)
   if need is not None and need > budget and per_dev > 1:
     # Temporaries grow with the batch; the parameters (in the arguments) do not, so this linear
@@ -301,7 +316,6 @@ def plan_batches(apply_fn, slice_hw: tuple[int, int], n_slices: int, mesh, *,
   batch = per_dev * n_dev
   if jax.process_count() > 1:
     batch = int(np.min(multihost_utils.process_allgather(np.asarray(batch, np.int64))))
-  first = -(-n_slices // n_dev) * n_dev
   if batch != first:
     compiled = compile_for(batch)
   logging.info("predict: %d slices of %s in %d call(s) of %d (XLA's figure %.2f GiB per device for "

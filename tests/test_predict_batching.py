@@ -21,7 +21,7 @@ def gen():
 def test_one_call_when_memory_allows(gen):
   mesh = sharding.make_mesh()          # the 8 emulated devices
   calls = []
-  compiled, batch = predict.plan_batches(gen, (12, 12), 25, mesh, memory_bytes=2**40)
+  compiled, batch = predict.plan_batches(gen, (12, 12), 25, mesh, memory_bytes=2**40, max_per_device=0)
   # 25 slices over 8 devices: one call of 32 (4 per device), not two of 16 (the old fixed batch).
   assert batch == 32
   counting = lambda x: calls.append(x.shape) or compiled(x)
@@ -35,13 +35,27 @@ def test_one_call_when_memory_allows(gen):
 
 def test_memory_bound_gives_few_equal_calls(gen):
   mesh = sharding.make_mesh()
-  compiled, full = predict.plan_batches(gen, (12, 12), 100, mesh, memory_bytes=2**40)
+  compiled, full = predict.plan_batches(gen, (12, 12), 100, mesh, memory_bytes=2**40, max_per_device=0)
   need = predict._call_bytes(compiled)             # XLA's figure for all 100 (13 per device) at once
   assert full == 104 and need > 0
   # Room for 5 of the 13 slices per device: 3 equal calls of 5 per device (15 >= 13), batch 40.
   _, batch = predict.plan_batches(gen, (12, 12), 100, mesh,
-                                  memory_bytes=need / 2.5 / predict.MEMORY_FRACTION)
+                                  memory_bytes=need / 2.5 / predict.MEMORY_FRACTION, max_per_device=0)
   assert batch % 8 == 0 and -(-100 // batch) == 3 and batch == 40
+
+
+def test_cpu_devices_take_one_slice_per_call(gen):
+  """On CPU devices the default plan is CPU_SLICES_PER_CALL slices per device and call, however much
+  memory there is (XLA:CPU is faster per slice on small calls); a cap still leaves the memory rule."""
+  mesh = sharding.make_mesh()
+  assert mesh.devices.flat[0].platform == "cpu"
+  compiled, batch = predict.plan_batches(gen, (12, 12), 25, mesh, memory_bytes=2**40)
+  assert batch == 8 * predict.CPU_SLICES_PER_CALL == 8
+  slices = np.random.default_rng(0).random((25, 12, 12), np.float32)
+  out = predict.super_resolve(compiled, slices, batch, mesh)
+  np.testing.assert_allclose(out, predict.super_resolve(jax.jit(gen), slices, 32, mesh), rtol=1e-5, atol=1e-6)
+  _, capped = predict.plan_batches(gen, (12, 12), 25, mesh, memory_bytes=2**40, max_per_device=2)
+  assert capped == 16
 
 
 def test_volume_auto_batch_matches_fixed_batch(gen):
