@@ -16,7 +16,7 @@ from tests.conftest import tiny_config
 
 # Measured on 2 CPU cores (jax 0.10.2), 300 steps at 2x: +0.87 dB with the test's seed 0, +0.62 to
 # +0.91 dB over seeds 0-5. At the first version's 200 steps one seed in six ended at +0.16 dB (seed
-# 1; the full suite once reproduced it), too close to the margin. The code before this test (output
+# 1; one full-suite run gave the same +0.16 dB with seed 0, unexplained), too close to the margin. The code before this test (output
 # conv not zero-initialised, constant learning rate without warm-up) ended at -0.16 dB (200 steps)
 # and failed it; this recipe with a constant rate of 3e-2 and no warm-up ends at -0.01 dB and fails.
 MARGIN_DB = 0.3
