@@ -17,6 +17,7 @@ DN = ("NHWC", "HWIO", "NHWC")
 @pytest.mark.parametrize("b,n,ci,co,k,s,padding", [
     (2, 12, 4, 16, 3, 1, "SAME"),     # widening (the upsampling conv, D's widening convs)
     (2, 16, 8, 1, 9, 1, "SAME"),      # 9x9 to one channel (the output conv): im2col of dy
+    (1, 12, 48, 1, 9, 1, "SAME"),     # ... with enough input channels for the shift-sum forward (eigen)
     (2, 12, 1, 8, 9, 1, "SAME"),      # one input channel (the input conv)
     (2, 16, 4, 4, 3, 2, "SAME"),      # strided, even size (pads (0, 1))
     (1, 15, 3, 5, 3, 2, "SAME"),      # strided, odd size
@@ -42,7 +43,7 @@ def test_values_and_gradients_match_lax(b, n, ci, co, k, s, padding, eigen):
   with cpu_conv.eigen_convolutions() if eigen else contextlib.nullcontext():
     got = jax.jit(jax.value_and_grad(loss(cpu_conv.conv_general_dilated), argnums=(0, 1)),
                   compiler_options=cpu_conv.train_compiler_options() if eigen else None)(x, w)
-  np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-4)   # a sum of sines: cancellation
   for g, r in zip(got[1], want[1]):
     np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(r))))
 
@@ -126,3 +127,24 @@ def test_compile_step_compiles_cpu_steps_for_eigen_convolutions():
   step = step_lib.compile_step(update, mesh)
   text = step.lower(w, batch, jax.random.key(0), {}).compile().as_text()
   assert len(_kernel_grad_ops(text)) == 1
+
+
+def test_few_output_conv_forward_is_a_matrix_product_in_train_steps():
+  """The 9x9 -> 1 channel output conv's forward: a convolution outside eigen_convolutions() (YNNPACK
+  runs it fastest), a matrix product + shifted sum inside (Eigen's convolution is 1.7x slower)."""
+  if not cpu_conv.train_compiler_options():
+    pytest.skip("this jaxlib's CPU compiler has no xla_cpu_experimental_ynn_fusion_type option")
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((2, 16, 16, 64), np.float32))   # 64 channels, as the generator's
+  w = jnp.asarray(rng.standard_normal((9, 9, 64, 1), np.float32))
+
+  def fwd():
+    return lambda x, w: cpu_conv.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN)
+  plain = jax.jit(fwd()).lower(x, w).compile().as_text()
+  with cpu_conv.eigen_convolutions():
+    f = jax.jit(fwd(), compiler_options=cpu_conv.train_compiler_options())
+    shifted = f.lower(x, w).compile().as_text()
+    got = f(x, w)
+  assert " convolution(" in plain and " convolution(" not in shifted
+  np.testing.assert_allclose(got, lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN),
+                             rtol=1e-4, atol=1e-4)

@@ -19,7 +19,8 @@ differ; with Eigen's convolutions, XLA's own kernel gradient is faster on every 
 one-output-channel conv, and the train step as a whole is faster too (docs/benchmarks.md, issue 13).
 `compile_step` therefore compiles CPU train steps with `train_compiler_options()` (Eigen's
 convolutions; YNNPACK's matrix products and reductions) and traces them inside
-`eigen_convolutions()`, which picks the kernel gradients for that executable. Inference keeps
+`eigen_convolutions()`, which picks the kernel gradients for that executable (and computes the
+9x9 -> 1 channel output conv's forward as a matrix product + shifted sum, `_shift_sum_conv`). Inference keeps
 YNNPACK's convolutions (its forward pass is faster there: 467 vs 609 ms per 512² slice at 2x).
 """
 
@@ -114,13 +115,47 @@ def _plain_conv(x, w, strides, pads, precision):
   return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_NHWC, precision=precision)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def _conv(x, w, strides, pads, precision, eigen):
+def _few_outputs(w, strides) -> bool:
+  """A stride-1 conv whose k*k*C_out products per pixel are few next to C_in (the 9x9 -> 1 output
+  conv: 81 against 64 input channels)."""
+  kh, kw, ci, co = w.shape
+  return strides == (1, 1) and kh * kw > 1 and co < ci and kh * kw * co <= 2 * ci
+
+
+def _shift_sum_conv(x, w, strides, pads, precision):
+  """y[p] = sum_{i,j} (x_pad[p + (i, j)] . w[i, j]): one matrix product of every pixel with all k*k
+  taps' weights (k*k*C_out columns), then the k*k shifted column blocks summed. Same products, other
+  order. Eigen runs the 9x9 -> 1 channel conv at a few GFLOP/s (the 4x train step's output conv: 99
+  ms wall on 2 cores, this 57; YNNPACK's own convolution, used outside train steps, 48)."""
+  del strides   # stride 1 (`_few_outputs`)
+  kh, kw, ci, co = w.shape
+  xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+  ho, wo = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
+  taps = jnp.einsum("bhwc,ctk->bhwtk", xp, w.reshape(kh * kw, ci, co).transpose(1, 0, 2),
+                    precision=precision)                              # [b, H, W, kh*kw, co]
+  out = None
+  for i in range(kh):
+    for j in range(kw):
+      part = taps[:, i:i + ho, j:j + wo, i * kw + j]
+      out = part if out is None else out + part
+  return out.astype(x.dtype)
+
+
+def _forward(x, w, strides, pads, precision, eigen):
+  if eigen and _few_outputs(w, strides):
+    return lax.platform_dependent(
+        x, w, cpu=lambda x, w: _shift_sum_conv(x, w, strides, pads, precision),
+        default=lambda x, w: _plain_conv(x, w, strides, pads, precision))
   return _plain_conv(x, w, strides, pads, precision)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv(x, w, strides, pads, precision, eigen):
+  return _forward(x, w, strides, pads, precision, eigen)
+
+
 def _conv_fwd(x, w, strides, pads, precision, eigen):
-  return _plain_conv(x, w, strides, pads, precision), (x, w)
+  return _forward(x, w, strides, pads, precision, eigen), (x, w)
 
 
 def _taps(x: jax.Array, k: tuple[int, int], out_hw: tuple[int, int], strides, offset=(0, 0)):
