@@ -186,13 +186,15 @@ def run() -> None:
   """The mode FLAGS ask for."""
   if FLAGS.mode == "predict" and (not FLAGS.input or not FLAGS.output):
     raise CommandLineError("--mode=predict needs --input and --output")
+  # First, before TensorFlow or XLA start threads: XLA:CPU's per-step buffers reuse memory instead
+  # of page-faulting (glibc settings; threads keep the malloc arena they start with).
+  from mrsr_jax import cpu_alloc
+  cpu_alloc.keep_freed_memory()
+
   # TensorFlow only reads data here: hide GPUs from it so it never takes JAX's memory. It is an
   # optional install (pyproject's `tf` extra): a missing one is a one-line error with the fix.
   tf = import_tensorflow()
   tf.config.set_visible_devices([], "GPU")
-
-  from mrsr_jax import cpu_alloc
-  cpu_alloc.keep_freed_memory()   # XLA:CPU's per-step buffers reuse memory instead of page-faulting
 
   import jax
   if FLAGS.distributed or FLAGS.coordinator_address:
