@@ -296,6 +296,18 @@ def _checkpoints(jaxpr, n=0):
   return n
 
 
+def _abstract_update_args(config, name):
+  """(stage, (state, batch, rng, frozen)) of stage `name` as shapes, to trace its update without
+  compiling or running it."""
+  stage = {"vit": ViTStage, "ae": AEStage, "sr": SRStage}[name](config, "/nonexistent")
+  state = jax.eval_shape(stage.init, jax.random.key(0))
+  c, b = stage.crop_size, stage.batch_size
+  batch = {"hr": jax.ShapeDtypeStruct((b, c, c, 1), jnp.float32),
+           "label": jax.ShapeDtypeStruct((b,), jnp.int32)}
+  frozen = _frozen(config, sharding.make_mesh(jax.devices()[:1])) if name == "sr" else {}
+  return stage, (state, batch, jax.random.key(0), frozen)
+
+
 @pytest.mark.parametrize("name", ["vit", "ae", "sr"])
 def test_remat_field_reaches_the_stage_networks(name):
   """`<stage>.remat` rematerialises the stage's blocks in its step (for SR also the frozen ViT and AE
@@ -304,14 +316,8 @@ def test_remat_field_reaches_the_stage_networks(name):
   counts = []
   for remat in (False, True):
     config[name].remat = remat
-    stage = {"vit": ViTStage, "ae": AEStage, "sr": SRStage}[name](config, "/nonexistent")
-    state = jax.eval_shape(stage.init, jax.random.key(0))
-    c, b = stage.crop_size, stage.batch_size
-    batch = {"hr": jax.ShapeDtypeStruct((b, c, c, 1), jnp.float32),
-             "label": jax.ShapeDtypeStruct((b,), jnp.int32)}
-    frozen = _frozen(config, sharding.make_mesh(jax.devices()[:1])) if name == "sr" else {}
-    counts.append(_checkpoints(jax.make_jaxpr(stage.update)(state, batch, jax.random.key(0),
-                                                            frozen).jaxpr))
+    stage, args = _abstract_update_args(config, name)
+    counts.append(_checkpoints(jax.make_jaxpr(stage.update)(*args).jaxpr))
   m = config.sr.model.num_blocks
   want = {"vit": config.vit.model.num_layers,                       # transformer blocks
           "ae": 4 + 4 + 5,                                          # encoder, generator, discriminator
@@ -343,13 +349,8 @@ def test_bfloat16_computes_in_bf16_and_keeps_float32_state(name, monkeypatch):
   config = tiny()
   config.dtype = "bfloat16"
   config.vit.pretext = "masked_patch"
-  stage = {"vit": ViTStage, "ae": AEStage, "sr": SRStage}[name](config, "/nonexistent")
-  state = jax.eval_shape(stage.init, jax.random.key(0))
-  c, b = stage.crop_size, stage.batch_size
-  batch = {"hr": jax.ShapeDtypeStruct((b, c, c, 1), jnp.float32),
-           "label": jax.ShapeDtypeStruct((b,), jnp.int32)}
-  frozen = _frozen(config, sharding.make_mesh(jax.devices()[:1])) if name == "sr" else {}
-  jaxpr = jax.make_jaxpr(stage.update)(state, batch, jax.random.key(0), frozen)
+  stage, args = _abstract_update_args(config, name)
+  jaxpr = jax.make_jaxpr(stage.update)(*args)
   ops = _matmuls(jaxpr.jaxpr, [])
   bf16 = [o for o in ops if o[1] == "bfloat16"]
   f32 = [o for o in ops if o[1] == "float32"]
@@ -357,7 +358,7 @@ def test_bfloat16_computes_in_bf16_and_keeps_float32_state(name, monkeypatch):
   assert convs and all(o[1] == "bfloat16" for o in convs), convs
   # The float32 products are small next to the networks' (LR resize matrices, demodulation).
   assert sum(o[2] for o in f32) < 0.01 * sum(o[2] for o in bf16), f32
-  new, metrics = jax.eval_shape(stage.update, state, batch, jax.random.key(0), frozen)
+  new, metrics = jax.eval_shape(stage.update, *args)
   for tree in (new.params, new.opt_state, new.batch_stats, metrics):
     for leaf in jax.tree.leaves(tree):
       assert leaf.dtype in (jnp.float32, jnp.int32), leaf

@@ -20,8 +20,9 @@ one-output-channel conv, and the train step as a whole is faster too (docs/bench
 `compile_step` therefore compiles CPU train steps with `train_compiler_options()` (Eigen's
 convolutions; YNNPACK's matrix products and reductions) and traces them inside
 `eigen_convolutions()`, which picks the kernel gradients for that executable (and computes the
-9x9 -> 1 channel output conv's forward as a matrix product + shifted sum, `_shift_sum_conv`). Inference keeps
-YNNPACK's convolutions (its forward pass is faster there: 467 vs 609 ms per 512² slice at 2x).
+9x9 -> 1 channel output conv's forward as a matrix product + shifted sum, `_shift_sum_conv`).
+Inference keeps YNNPACK's convolutions (its forward pass is faster there: 467 vs 609 ms per 512²
+slice at 2x).
 """
 
 from __future__ import annotations
@@ -235,7 +236,7 @@ def _conv_bwd(strides, pads, precision, eigen, res, dy):
         x, w, dy,
         cpu=lambda *a: _input_grad(_phase_conv, *a, strides, pads, precision),
         default=lambda *a: _input_grad(_plain_conv, *a, strides, pads, precision))
-  kh, kw, ci, co = w.shape
+  ci, co = w.shape[2:]
   # Under Eigen's convolutions XLA's own kernel gradient is the faster one except for few output
   # channels at stride 1 (the 9x9 -> 1 channel conv: 2.2x slower than dy's im2col there).
   cpu_grad = (_kernel_grad_xla if eigen and not (co < ci and strides == (1, 1))
