@@ -94,7 +94,7 @@ def get_config() -> ml_collections.ConfigDict:
       bicubic=0.0, gaussian=0.0, kspace=0.0, sigma_jitter=0.0, hamming_prob=0.0, noise_std=0.0))
   config.sr.features_workdir = ""      # workdir whose vit/ae checkpoints feed the SR loss (default: this one).
   config.sr.loss = ml_collections.ConfigDict(dict(
-      adv_weight=1e-3,       # Eq. 9 weighs L_adv by 1; see docs/paper_deviations.md.
+      adv_weight=1e-3,       # Eq. 9 weighs L_adv by 1; see docs/paper_deviations.md. 0: no D at all.
       lambda_vit=1.0,        # lambda_1
       lambda_str=1.0,        # lambda_2
       lambda_tex=0.9,        # lambda_3

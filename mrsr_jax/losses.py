@@ -137,6 +137,12 @@ def _weight(weights: Any, name: str) -> Any:
   return getattr(weights, name, default)
 
 
+def sr_term_on(weights: Any, name: str) -> bool:
+  """Whether `sr_generator_loss` computes the term weighted by `name` (e.g. "adv_weight") under
+  `weights`: every weight but a Python / numpy zero switches its term on."""
+  return not _is_zero(_weight(weights, name))
+
+
 def _is_zero(w: Any) -> bool:
   """True for a Python / numpy zero. A traced weight is never 'zero' (its term is then computed)."""
   try:

@@ -295,3 +295,40 @@ def test_alternating_updates_take_g_against_the_updated_d(sr_step):
   # Different L_adv gradients, different generators after the step.
   assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(sim.params["gen"]),
                                                    jax.tree.leaves(alt.params["gen"])))
+
+
+def test_without_l_adv_the_step_leaves_d_out(sr_step):
+  """adv_weight = 0: D has no effect on G, so the step neither runs D nor updates it (params,
+  optimiser state and running statistics stay as they were, no d_loss), at about half the FLOPs;
+  G's update is the one the loss asks for (its pixel term is unchanged by D's absence)."""
+  stage, state, batch, _, _ = sr_step
+  rng = jax.random.key(1)
+  flops, result = {}, {}
+  try:
+    for adv in (1.0, 0.0):
+      stage.cfg.loss.adv_weight = adv
+      step = jax.jit(lambda *a: stage.update(*a))
+      flops[adv] = step.lower(state, batch, rng, {}).compile().cost_analysis()["flops"]
+      result[adv] = jax.device_get(step(state, batch, rng, {}))
+  finally:
+    stage.cfg.loss.adv_weight = 1.0     # the module's fixture is shared
+    stage.cfg.gd_update = "simultaneous"
+  new, metrics = result[0.0]
+  assert "d_loss" not in metrics and "g_adv" not in metrics and "d_loss" in result[1.0][1]
+  before = jax.device_get((state.params["disc"], state.opt_state["disc"], state.batch_stats["disc"]))
+  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves((new.params["disc"], new.opt_state["disc"],
+                                                            new.batch_stats["disc"]))):
+    np.testing.assert_array_equal(a, b)
+  assert int(new.step) == int(state.step) + 1
+  assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(state.params["gen"]),
+                                                   jax.tree.leaves(new.params["gen"])))
+  assert flops[0.0] < 0.6 * flops[1.0], flops
+  # "alternating" without D is the same step.
+  try:
+    stage.cfg.loss.adv_weight = 0.0
+    alt, _ = _step(stage, state, batch, gd_update="alternating")
+  finally:
+    stage.cfg.loss.adv_weight = 1.0
+    stage.cfg.gd_update = "simultaneous"
+  for a, b in zip(jax.tree.leaves(alt.params), jax.tree.leaves(new.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

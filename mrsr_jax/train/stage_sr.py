@@ -3,7 +3,8 @@
 The LR input is made from the HR crop on device (data/degrade.py), so one shard set serves 2× and
 4× and training, evaluation and prediction share one degradation. Generator and discriminator are
 updated in the same compiled step, from the same state (`sr.gd_update="simultaneous"`) or D first and
-G against the updated D (`"alternating"`, SRGAN's order). The ViT and AE encoder params come from the earlier stages'
+G against the updated D (`"alternating"`, SRGAN's order); a loss without L_adv (`adv_weight=0`)
+leaves D out of the step altogether. The ViT and AE encoder params come from the earlier stages'
 checkpoints (only their params) and enter the step as the `frozen` argument: they are outside the
 optimiser and never differentiated.
 """
@@ -136,6 +137,15 @@ class SRStage(loop.Stage):
     return out
 
   # -- the step -----------------------------------------------------------------------------------
+  @property
+  def adversarial(self) -> bool:
+    """Whether L_adv is in the loss (read when the step is traced). Without it D has no effect on G,
+    so the step neither runs nor updates D: D keeps its initial params, optimiser state and statistics
+    and no d_loss is logged, and the step costs about half the FLOPs (D's passes over [HR; SR] at the
+    HR size are more than half of them at the paper's sizes). An L1-only run (SRResNet pre-training,
+    the ablation's `l1` row) pays only for G."""
+    return losses.sr_term_on(self.cfg.loss, "adv_weight")
+
   def _generate(self, params, stats, lr, train):
     if train:
       sr, upd = self.gen.apply({"params": params, "batch_stats": stats}, lr, train=True,
@@ -183,7 +193,8 @@ class SRStage(loop.Stage):
 
     def gen_loss(gen_params):
       sr, gen_stats = self._generate(gen_params, s["gen"], lr.astype(self.dtype), train=True)
-      fake_logits = self._fake_logits_for_g(state.params["disc"], s["disc"], hr, sr)
+      fake_logits = (self._fake_logits_for_g(state.params["disc"], s["disc"], hr, sr)
+                     if self.adversarial else None)
       feats_sr = features.extract(self.config, frozen, sr, self.which, remat=self.remat)
       total, parts = losses.sr_generator_loss(sr=sr, hr=hr, fake_logits=fake_logits,
                                               feats_sr=feats_sr, feats_target=feats_target,
@@ -219,16 +230,18 @@ class SRStage(loop.Stage):
     serves both losses."""
     hr, lr, feats_target = self._inputs(batch, rng, frozen)
     g_grads, gen_stats, metrics, sr = self._gen_grads(state, hr, lr, feats_target, frozen)
+    if not self.adversarial:
+      return {"gen": g_grads}, {"gen": gen_stats}, metrics
     d_grads, disc_stats, d_loss = self._disc_grads(state, hr, sr)
     return ({"gen": g_grads, "disc": d_grads}, {"gen": gen_stats, "disc": disc_stats},
             {**metrics, "d_loss": d_loss})
 
   def update(self, state, batch, rng, frozen, *, microbatches=1, mesh=None):
     order = self.cfg.get("gd_update", "simultaneous")
-    if order == "simultaneous":
-      return super().update(state, batch, rng, frozen, microbatches=microbatches, mesh=mesh)
-    if order != "alternating":
+    if order not in ("simultaneous", "alternating"):
       raise ValueError(f"sr.gd_update must be 'simultaneous' or 'alternating', got {order!r}")
+    if order == "simultaneous" or not self.adversarial:     # without D the two orders are one
+      return super().update(state, batch, rng, frozen, microbatches=microbatches, mesh=mesh)
     # SRGAN's order: D steps on G's current output, then G's loss is taken against the updated D
     # (params and running statistics). Costs one more generator forward pass than "simultaneous".
     # Under accumulation D's update is complete (all microbatches) before G's gradients are taken;
