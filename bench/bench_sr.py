@@ -12,7 +12,9 @@ median over `--repeats` of each worker's median step time.
 
 Printed per row: compile / first-call time (tracing + XLA or inductor compile + first run), steady
 ms per step and per slice, images/s, peak memory (host RSS on CPU, with the growth over the RSS after
-imports in brackets; device peak on GPU) and ours/this in images/s (> 1: ours is faster).
+imports in brackets; device peak on GPU) and ours/this in images/s (> 1: ours is faster). Under each
+train / infer row: the call's GFLOP (XLA's cost analysis of ours) and each framework's achieved
+GFLOP/s, to set against the machine's attainable rates (`bench/roofline.py`).
 
 Train step = one generator and one discriminator update (L1 + adversarial; the frozen-feature terms
 are off so both frameworks run the same networks), LR made from the 240² HR batch inside the step
@@ -186,6 +188,7 @@ def worker_jax(spec: dict) -> dict:
     def fn():
       holder["state"], metrics = step(holder["state"], batch, key, {})
       return metrics["g_total"]
+    extra["gflop"] = flops(step.lower(state, batch, key, {}))
   else:
     gen = generator(config)
     lr_shape = (m // s, m // s)
@@ -194,6 +197,7 @@ def worker_jax(spec: dict) -> dict:
     if spec["task"] == "infer":
       lr = sharding.to_global(rng.random((b, *lr_shape, 1), np.float32), mesh)
       apply_jit = jax.jit(apply)
+      extra["gflop"] = flops(apply_jit.lower(lr))
 
       def fn():
         return apply_jit(lr)
@@ -211,6 +215,15 @@ def worker_jax(spec: dict) -> dict:
   first, times = timeit(fn, jax.block_until_ready, spec["iters"], spec["warmup"])
   return {"first_s": first, "times": times, "cpu_times": list(CPU_TIMES), **jax_memory(base_rss),
           "device": jax_device(), "threads": len(os.sched_getaffinity(0)), **extra}
+
+
+def flops(lowered) -> float | None:
+  """GFLOP per call from XLA's cost analysis of the lowered (unoptimised) computation: the network's
+  multiply-adds counted twice, whatever kernels later run them (PyTorch's same network does the
+  same arithmetic, so one figure serves both frameworks' achieved GFLOP/s)."""
+  cost = lowered.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return cost["flops"] / 1e9 if cost and cost.get("flops") else None
 
 
 def worker_torch(spec: dict) -> dict:
@@ -317,7 +330,7 @@ def summarise(results: dict[str, list[dict]], batch: int) -> dict[str, dict]:
                   cpu=statistics.median(cpus) if cpus else None,
                   peak=max(r["peak_mb"] for r in rs), growth=max(growth) if growth else None,
                   device=rs[0]["device"], threads=sorted({r.get("threads") for r in rs} - {None}),
-                  volume_batch=rs[0].get("volume_batch"))
+                  volume_batch=rs[0].get("volume_batch"), gflop=rs[0].get("gflop"))
   return med
 
 
@@ -472,7 +485,13 @@ def main():
         fh.write(json.dumps({"row": row, "xla_flags": args.xla_flags, "results": results,
                              "load": [load0, load1], "others_cores": others}) + "\n")
     n = row["volume_slices"] if row["task"] == "volume" else row["batch"]
-    print_rows(row, summarise(results, n), gate=gate, load_note=note)
+    med = summarise(results, n)
+    print_rows(row, med, gate=gate, load_note=note)
+    gflop = next((m["gflop"] for m in med.values() if m.get("gflop")), None)
+    if gflop:
+      print(f"#   {gflop:.0f} GFLOP per call (XLA cost analysis of ours); achieved: " + ", ".join(
+          f"{f} {gflop / m['step']:.0f} GFLOP/s" for f, m in med.items()) +
+          " (bench/roofline.py: what this machine's kernels reach)", flush=True)
   print(f"# load average at end: {load_average()}")
 
 
