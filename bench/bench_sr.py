@@ -16,8 +16,8 @@ imports in brackets; device peak on GPU) and ours/this in images/s (> 1: ours is
 train / infer row: the call's GFLOP (XLA's cost analysis of ours) and each framework's achieved
 GFLOP/s, to set against the machine's attainable rates (`bench/roofline.py`).
 
-Train step = one generator and one discriminator update (L1 + adversarial; the frozen-feature terms
-are off so both frameworks run the same networks), LR made from the 240² HR batch inside the step
+Train step = one generator and one discriminator update (L1 + adversarial at `--adv_weight`; the
+frozen-feature terms are off so both frameworks run the same networks; `--adv_weight=0`: G alone), LR made from the 240² HR batch inside the step
 (anti-aliased bicubic, 2× and 4×). Ours is the real `SRStage.update` compiled by
 `mrsr_jax.train.step.compile_step`; PyTorch's is `bench/torch_reference.py`.
 
@@ -169,7 +169,7 @@ def worker_jax(spec: dict) -> dict:
   config.dtype = spec["dtype"]
   config.crop_size = spec["size"]
   config.sr.batch_size = spec["batch"]
-  config.sr.loss.update(lambda_vit=0.0, lambda_str=0.0, lambda_tex=0.0)
+  config.sr.loss.update(lambda_vit=0.0, lambda_str=0.0, lambda_tex=0.0, adv_weight=spec["adv_weight"])
   mesh = sharding.make_mesh()
   rng = np.random.default_rng(0)
   b, m, s = spec["batch"], spec["size"], spec["scale"]
@@ -247,7 +247,7 @@ def worker_torch(spec: dict) -> dict:
     disc = tr.SRDiscriminator().to(dev).to(memory_format=cl)
     opt_g = torch.optim.AdamW(gen.parameters(), 1e-4, weight_decay=0.1)
     opt_d = torch.optim.AdamW(disc.parameters(), 1e-4, weight_decay=0.1)
-    step = tr.train_step_fn(gen, disc, opt_g, opt_d, s)
+    step = tr.train_step_fn(gen, disc, opt_g, opt_d, s, adv_weight=spec["adv_weight"])
     if spec["framework"] == "torch_compile":
       step = torch.compile(step)
 
@@ -419,6 +419,8 @@ def main():
                  help="slices per call in the volume rows; 0: ours plans it (predict.plan_batches) and "
                       "PyTorch uses the same batch")
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  p.add_argument("--adv_weight", type=float, default=1e-3,
+                 help="train rows' adversarial weight (the configs' 1e-3; 0: an L1-only step, no D in either)")
   p.add_argument("--iters", type=int, default=5)
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--repeats", type=int, default=3)
@@ -452,7 +454,7 @@ def main():
                          iters=args.iters, warmup=args.warmup, torch_threads=args.torch_threads,
                          threads=args.threads, matmul_precision=args.matmul_precision,
                          volume_slices=args.volume_slices, volume_batch=args.volume_batch,
-                         keep_freed=args.keep_freed))
+                         keep_freed=args.keep_freed, adv_weight=args.adv_weight))
   jax_env = {"XLA_FLAGS": args.xla_flags} if args.xla_flags is not None else {}
   print(f"# {' '.join(sys.argv)}\n# load average at start: {load_average()}; {os.cpu_count()} CPUs; "
         f"workers pinned to {args.threads} CPU(s), PyTorch threads: {args.torch_threads}; freed memory "

@@ -116,10 +116,14 @@ def train_step_fn(gen, disc, opt_g, opt_d, scale: int, *, adv_weight: float = 1e
   def step(hr):
     lr = make_lr(hr, scale)
     sr = gen(lr)
-    g_loss = pixel_weight * (sr - hr).abs().mean() + adv_weight * F.softplus(-disc(sr)).mean()
+    g_loss = pixel_weight * (sr - hr).abs().mean()
+    if adv_weight:
+      g_loss = g_loss + adv_weight * F.softplus(-disc(sr)).mean()
     opt_g.zero_grad(set_to_none=True)
     g_loss.backward(inputs=gen_params)
     opt_g.step()
+    if not adv_weight:      # as ours: without L_adv, D is neither run nor updated
+      return g_loss.detach(), torch.zeros(())
     # One pass over [HR; SR] so BatchNorm sees real and fake together, as ours.
     logits = disc(torch.cat([hr, sr.detach()]))
     real, fake = logits.chunk(2)
