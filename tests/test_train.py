@@ -184,7 +184,10 @@ def test_kill_9_during_a_save_then_restart_resumes_and_equals_uninterrupted(trai
   cmd = [sys.executable, str(ROOT / "run.py"), f"--config={ROOT}/configs/tiny.py",
          f"--workdir={run_dir}", f"--config.data_dir={config.data_dir}", "--config.stages=('sr',)",
          f"--config.sr.features_workdir={workdir}", f"--config.sr.num_steps={steps}"]
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  # The restart loads the killed run's compiled step from JAX's persistent cache instead of compiling
+  # it again (the same executable, so the bit-for-bit comparison is unaffected; test time only).
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   # Kill while a save after the first complete one is in progress (orbax writes into
   # `<step>.orbax-checkpoint-tmp-*` and renames it to `<step>` when complete).
