@@ -25,6 +25,10 @@ Equal threads (CPU): every worker is pinned to the same `--threads` CPUs (defaul
 thread pool (sized from the CPU affinity) and PyTorch (`torch.set_num_threads`) get the same cores.
 `--torch_threads=auto` instead gives PyTorch the faster of 1 thread and `--threads` on a warm call
 (the old protocol: it hid PyTorch's multi-threaded speed behind a loaded machine's OpenMP stalls).
+Equal memory settings: by default both frameworks' workers keep freed memory (`--keep_freed`, as run.py
+does for ours). `--huge_pages` puts glibc's malloc on transparent huge pages (an experiment, not what
+run.py does: docs/benchmarks.md); `--frameworks=jax,jax_nohuge` then times ours with and without them
+in one run.
 
 Load (issue 13): the 1-minute load average is read before and after every row. A ratio is only
 printed when both are at most the core count (`--max_load`, default: the machine's CPUs); otherwise
@@ -407,7 +411,8 @@ def main():
   p.add_argument("--worker", help=argparse.SUPPRESS)
   p.add_argument("--rows", default="train,infer", help="any of train, infer, volume")
   p.add_argument("--frameworks", default="jax,torch,torch_compile",
-                 help="any of jax, jax_xlaconv (ours with XLA's own conv gradients), torch, torch_compile")
+                 help="any of jax, jax_xlaconv (ours with XLA's own conv gradients), jax_nohuge (ours "
+                      "without --huge_pages), torch, torch_compile")
   p.add_argument("--scales", default="2,4")
   p.add_argument("--batch", type=int, default=4, help="global batch of the train step")
   p.add_argument("--size", type=int, default=240, help="HR slice size of the train step")
@@ -432,6 +437,9 @@ def main():
   p.add_argument("--keep_freed", default="both", choices=["both", "ours", "none"],
                  help="glibc keeps freed memory (mrsr_jax.cpu_alloc, as run.py sets it) in: both "
                       "frameworks' workers (default: equal environments), ours only, or neither")
+  p.add_argument("--huge_pages", default="none", choices=["both", "ours", "none"],
+                 help="glibc's malloc on transparent huge pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1) in: "
+                      "both frameworks' workers, ours only, or neither (default)")
   p.add_argument("--max_load", type=float, default=float(os.cpu_count() or 1),
                  help="no ratio is reported for a row whose 1-min load average before or after is above this")
   p.add_argument("--xla_flags", default=None, help="XLA_FLAGS for the JAX workers (e.g. CPU flags to try)")
@@ -456,9 +464,16 @@ def main():
                          volume_slices=args.volume_slices, volume_batch=args.volume_batch,
                          keep_freed=args.keep_freed, adv_weight=args.adv_weight))
   jax_env = {"XLA_FLAGS": args.xla_flags} if args.xla_flags is not None else {}
+  torch_env = {}
+  if args.huge_pages != "none":
+    # glibc >= 2.35 madvises what malloc maps for transparent huge pages (read at process start).
+    tun = ":".join(t for t in (os.environ.get("GLIBC_TUNABLES", ""), "glibc.malloc.hugetlb=1") if t)
+    jax_env["GLIBC_TUNABLES"] = tun
+    if args.huge_pages == "both":
+      torch_env["GLIBC_TUNABLES"] = tun
   print(f"# {' '.join(sys.argv)}\n# load average at start: {load_average()}; {os.cpu_count()} CPUs; "
         f"workers pinned to {args.threads} CPU(s), PyTorch threads: {args.torch_threads}; freed memory "
-        f"kept by: {args.keep_freed}; ratios only "
+        f"kept by: {args.keep_freed}; huge pages: {args.huge_pages}; ratios only "
         f"where the 1-min load before and after the row is <= {args.max_load:g}")
   print(HEADER)
   print("|---" * (HEADER.count("|") - 1) + "|")
@@ -474,7 +489,10 @@ def main():
           # PyTorch gets the batch ours planned (same calls), once ours has run.
           planned = [r.get("volume_batch") for r in results.get("jax", []) if r.get("volume_batch")]
           spec["volume_batch"] = planned[0] if planned else 16
-        r = run_one(__file__, spec, args.timeout, jax_env if f.startswith("jax") else None)
+        env = jax_env if f.startswith("jax") else torch_env
+        if f == "jax_nohuge":     # ours without huge pages, alternating with "jax" (an A/B in one run)
+          env = {k: v for k, v in jax_env.items() if k != "GLIBC_TUNABLES"}
+        r = run_one(__file__, spec, args.timeout, env)
         if r:
           results[f].append(r)
     load1 = load_1min()
