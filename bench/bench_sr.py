@@ -17,8 +17,8 @@ train / infer row: the call's GFLOP (XLA's cost analysis of ours) and each frame
 GFLOP/s, to set against the machine's attainable rates (`bench/roofline.py`).
 
 Train step = one generator and one discriminator update (L1 + adversarial at `--adv_weight`; the
-frozen-feature terms are off so both frameworks run the same networks; `--adv_weight=0`: G alone), LR made from the 240² HR batch inside the step
-(anti-aliased bicubic, 2× and 4×). Ours is the real `SRStage.update` compiled by
+frozen-feature terms are off so both frameworks run the same networks; `--adv_weight=0`: G alone),
+LR made from the 240² HR batch inside the step (anti-aliased bicubic, 2× and 4×). Ours is the real `SRStage.update` compiled by
 `mrsr_jax.train.step.compile_step`; PyTorch's is `bench/torch_reference.py`.
 
 Equal threads (CPU): every worker is pinned to the same `--threads` CPUs (default: all), so XLA's

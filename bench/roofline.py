@@ -74,8 +74,9 @@ def worker_jax(spec: dict) -> dict:
   mm = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
   out[f"matmul {n}³||"] = best_rate(lambda: mm(a, b).block_until_ready(), 2.0 * n ** 3, it)
   modes = {"default": ({}, False)}
-  if cpu_conv.train_compiler_options():
-    modes["step"] = (cpu_conv.train_compiler_options(), True)
+  step_options = cpu_conv.train_compiler_options()
+  if step_options:
+    modes["step"] = (step_options, True)
   for name, bb, h, w, ci, co in CONVS:
     x = jnp.asarray(rng.standard_normal((bb, h, w, ci)), dt)
     k = jnp.asarray(rng.standard_normal((3, 3, ci, co)) * 0.05, dt)

@@ -310,8 +310,8 @@ def test_without_l_adv_the_step_leaves_d_out(sr_step):
   try:
     for adv in (1.0, 0.0):
       stage.cfg.loss.adv_weight = adv
-      step = jax.jit(lambda *a: stage.update(*a))
-      flops[adv] = step.lower(state, batch, rng, {}).compile().cost_analysis()["flops"]
+      step = jax.jit(lambda *a: stage.update(*a)).lower(state, batch, rng, {}).compile()
+      flops[adv] = step.cost_analysis()["flops"]
       result[adv] = jax.device_get(step(state, batch, rng, {}))
   finally:
     stage.cfg.loss.adv_weight = 1.0     # the module's fixture is shared
