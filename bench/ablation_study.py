@@ -38,9 +38,7 @@ import hashlib
 import json
 import os
 import platform
-import subprocess
 import sys
-import tempfile
 import time
 
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
@@ -49,7 +47,9 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
-METRICS = ("psnr", "ssim", "nmse")
+from bench import seeded_study  # noqa: E402
+
+METRICS = seeded_study.METRICS
 SUBJECTS = {"val": "IXI015", "test": "IXI014"}   # the sample's held-out subjects (data_prep/sample.py)
 
 # The demo's loss (configs/demo.py): L1 + Eq. 9 at 1/100 of the paper's lambdas, adversarial 1e-4,
@@ -110,134 +110,25 @@ def rows(default_loss: dict, paper_loss: dict) -> dict[str, tuple[str, dict]]:
   return out
 
 
-# -- data and the held-out volumes ------------------------------------------------------------------
+# -- data, runs and bookkeeping: bench/seeded_study.py (shared with bench/compare_methods.py) --------
 def held_out_volumes(dataset_dir: str, eval_size: int) -> dict[str, np.ndarray]:
-  """{subject: HR volume [S, H, W, 1]} of the val and test splits, slices in order, as eval reads them."""
-  from mrsr_jax.data import pipeline
-  vols: dict[str, dict[int, np.ndarray]] = {}
-  for split in SUBJECTS:
-    ds = pipeline.create_dataset(dataset_dir, split, global_batch_size=32, crop_size=eval_size, seed=0,
-                                 train=False, process_index=0, process_count=1)
-    for batch in ds.as_numpy_iterator():
-      for img, subj, idx, m in zip(batch["hr"], batch["subject"], batch["slice_index"], batch["mask"]):
-        if m:
-          subj = subj.decode() if isinstance(subj, bytes) else str(subj)
-          vols.setdefault(subj, {})[int(idx)] = np.asarray(img, np.float32)
-  missing = [s for s in SUBJECTS.values() if s not in vols]
-  if missing:
-    raise SystemExit(f"{dataset_dir}: held-out subject(s) {missing} not in the val/test splits "
-                     f"(found {sorted(vols)}); build the sample with the default split seed")
-  return {s: np.stack([v[i] for i in sorted(v)]) for s, v in vols.items()}
+  """{subject: HR volume} of the val and test splits; they must be `SUBJECTS` (the default split)."""
+  subjects, vols = seeded_study.held_out_volumes(dataset_dir, eval_size, tuple(SUBJECTS))
+  if subjects != SUBJECTS:
+    raise SystemExit(f"{dataset_dir}: held-out subjects {subjects}, expected {SUBJECTS}; build the "
+                     f"sample with the default split seed")
+  return vols
 
 
-# -- one run ----------------------------------------------------------------------------------------
-def score(generate, volumes: dict[str, np.ndarray], scale: int, methods) -> dict:
-  """{subject: {lr_model: {psnr, ssim, nmse}}} of `generate(lr) -> sr` (bicubic when None)."""
-  import jax.numpy as jnp
-
-  from mrsr_jax import metrics
-  from mrsr_jax.data import degrade
-  out = {}
-  for subject, hr in volumes.items():
-    out[subject] = {}
-    for method in methods:
-      preds = []
-      for i in range(0, len(hr), 32):
-        lr = degrade.downsample(jnp.asarray(hr[i:i + 32]), scale, method)
-        sr = degrade.upsample_bicubic(lr, scale) if generate is None else generate(lr)
-        preds.append(np.asarray(sr, np.float32))
-      out[subject][method] = metrics.volume_metrics(np.concatenate(preds), hr)
-  return out
-
-
-def train_and_score(config, seed: int, volumes, methods, dataset_dir: str, features_workdir: str,
-                    cache: dict) -> tuple[dict, dict]:
-  """Trains the SR stage of `config` from `seed` and scores it; returns (scores, info)."""
-  import jax
-  import jax.numpy as jnp
-
-  from mrsr_jax import sharding
-  from mrsr_jax.data import pipeline
-  from mrsr_jax.train.stage_sr import SRStage
-
-  key = json.dumps(config.sr.loss.to_dict(), sort_keys=True)
-  if key not in cache:               # one compilation per row, shared by its seeds
-    config.sr.features_workdir = features_workdir
-    stage = SRStage(config, "/nonexistent")
-    stage.num_steps(pipeline.dataset_info(dataset_dir))
-    frozen = stage.frozen(sharding.make_mesh()) if stage.which else {}
-
-    @jax.jit
-    def generate(params, stats, lr):
-      return stage.gen.apply({"params": params, "batch_stats": stats}, lr, train=False)
-
-    cache[key] = dict(stage=stage, frozen=frozen, update=jax.jit(stage.update, donate_argnums=(0,)),
-                      generate=generate)
-  entry = cache[key]
-  stage, frozen, update = entry["stage"], entry["frozen"], entry["update"]
-  num_steps = stage._total_steps
-  state = stage.init(jax.random.key(seed))
-  batches = pipeline.create_dataset(dataset_dir, "train", global_batch_size=config.sr.batch_size,
-                                    crop_size=config.crop_size, seed=seed, train=True,
-                                    process_index=0, process_count=1).as_numpy_iterator()
-  t0, c0 = time.time(), time.process_time()
-  first = None
-  for step in range(1, num_steps + 1):
-    batch = {"hr": jnp.asarray(next(batches)["hr"])}
-    state, m = update(state, batch, jax.random.fold_in(jax.random.key(seed), step), frozen)
-    if step == 1:
-      first = float(m["g_pixel"]) if "g_pixel" in m else None
-      jax.block_until_ready(state)
-      t1 = time.time()   # after the first step: compilation (once per row) and the pipeline's start
-  m = jax.device_get(m)   # waits for the last step
-  train_s = time.time() - t0
-  last = {k: float(v) for k, v in m.items()}
-  params, stats = state.params["gen"], state.batch_stats["gen"]
-  scores = score(lambda lr: entry["generate"](params, stats, lr), volumes, config.scale, methods)
-  info = {"train_s": round(train_s, 1), "step_ms": round(1000 * (t0 + train_s - t1) / max(num_steps - 1, 1), 1), "score_s": round(time.time() - t0 - train_s, 1),
-          "cpu_s": round(time.process_time() - c0, 1), "steps": num_steps, "first_l1": first, "final_metrics": last,
-          "load": [round(x, 2) for x in os.getloadavg()]}
-  return scores, info
-
-
-# -- bookkeeping ------------------------------------------------------------------------------------
-def write_json_atomic(path: str, obj) -> None:
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
-  with os.fdopen(fd, "w") as f:
-    json.dump(obj, f, indent=1, sort_keys=True)
-  os.chmod(tmp, 0o644)   # mkstemp's 0600 would make a committed result unreadable to others
-  os.replace(tmp, path)
-
-
-def git_commit() -> str:
-  try:
-    return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
-                          cwd=ROOT, timeout=10).stdout.strip() or "unknown"
-  except (OSError, subprocess.SubprocessError):
-    return "unknown"
+score = seeded_study.score
+train_and_score = seeded_study.train_and_score
+write_json_atomic = seeded_study.write_json_atomic
+git_commit = seeded_study.git_commit
 
 
 # -- the table --------------------------------------------------------------------------------------
-def _ms(values, fmt: str) -> str:
-  values = np.asarray(values, np.float64)
-  if len(values) == 1:
-    return format(values[0], fmt)
-  return f"{format(values.mean(), fmt)} ± {format(values.std(ddof=1), fmt.lstrip('+'))}"
-
-
-def _paired_tests(a: np.ndarray, b: np.ndarray) -> str:
-  """Paired t-test and Wilcoxon signed-rank (two-sided) of a - b; scipy's."""
-  from scipy import stats
-  d = a - b
-  if np.allclose(d, 0):
-    return "identical"
-  t = stats.ttest_rel(a, b)
-  try:
-    w = stats.wilcoxon(a, b)
-    wp = f"{w.pvalue:.3f}"
-  except ValueError:
-    wp = "n/a"
-  return f"{d.mean():+.2f} dB (t-test p={t.pvalue:.3f}, Wilcoxon p={wp}, n={len(d)})"
+_ms = seeded_study.mean_std
+_paired_tests = seeded_study.paired_tests
 
 
 def report(results: dict) -> str:
