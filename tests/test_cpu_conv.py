@@ -1,8 +1,7 @@
 """cpu_conv.conv_general_dilated: the same convolution and gradients as lax's, whatever the shape."""
 
-import contextlib
+import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,19 +37,20 @@ def test_values_and_gradients_match_lax(b, n, ci, co, k, s, padding, eigen):
     return lambda x, w: jnp.sum(jnp.sin(conv(x, w, (s, s), padding, dimension_numbers=dn)))
 
   want = jax.jit(jax.value_and_grad(loss(lax.conv_general_dilated), argnums=(0, 1)))(x, w)
-  # Both kernel-gradient choices: the one traced for YNNPACK's convolutions and the one for the train
-  # step's Eigen convolutions (compiled with the options compile_step uses, where this jaxlib has them).
-  with cpu_conv.eigen_convolutions() if eigen else contextlib.nullcontext():
-    got = jax.jit(jax.value_and_grad(loss(cpu_conv.conv_general_dilated), argnums=(0, 1)),
-                  compiler_options=cpu_conv.train_compiler_options() if eigen else None)(x, w)
+  # Both kernel-gradient choices: the one for YNNPACK's convolutions and the one for the train step's
+  # Eigen convolutions (compiled with the options compile_step uses, where this jaxlib has them).
+  conv = functools.partial(cpu_conv.conv_general_dilated, eigen=eigen)
+  got = jax.jit(jax.value_and_grad(loss(conv), argnums=(0, 1)),
+                compiler_options=cpu_conv.train_compiler_options() if eigen else None)(x, w)
   np.testing.assert_allclose(got[0], want[0], rtol=1e-4)   # a sum of sines: cancellation
   for g, r in zip(got[1], want[1]):
     np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(r))))
 
 
-def test_srgan_train_gradients_unchanged(monkeypatch):
-  """Generator + discriminator gradients with cpu_conv equal those with plain nn.Conv."""
-  gen, disc = srgan.SRGenerator(scale=2, num_blocks=1, features=8), srgan.SRDiscriminator(features=4)
+def _srgan_grads(conv_impl):
+  """Generator + discriminator gradients of a small GAN loss with the models' `conv_impl`."""
+  gen = srgan.SRGenerator(scale=2, num_blocks=1, features=8, conv_impl=conv_impl)
+  disc = srgan.SRDiscriminator(features=4, conv_impl=conv_impl)
   rng = np.random.default_rng(1)
   lr = jnp.asarray(rng.random((2, 16, 16, 1), np.float32))
   hr = jnp.asarray(rng.random((2, 32, 32, 1), np.float32))
@@ -63,9 +63,12 @@ def test_srgan_train_gradients_unchanged(monkeypatch):
                            mutable=["batch_stats"])
     return jnp.mean(jnp.abs(sr - hr)) + jnp.mean(jax.nn.softplus(logits))
 
-  fast = jax.jit(jax.grad(loss, argnums=(0, 1)))(gv["params"], dv["params"])
-  monkeypatch.setattr(srgan, "Conv", nn.Conv)
-  plain = jax.jit(jax.grad(loss, argnums=(0, 1)))(gv["params"], dv["params"])
+  return jax.jit(jax.grad(loss, argnums=(0, 1)))(gv["params"], dv["params"])
+
+
+def test_srgan_train_gradients_unchanged():
+  """Generator + discriminator gradients with conv_impl="cpu" (cpu_conv) equal those with "xla"."""
+  fast, plain = _srgan_grads("cpu"), _srgan_grads("xla")
   assert jax.tree.structure(fast) == jax.tree.structure(plain)
   for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(plain)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * (1 + float(jnp.max(jnp.abs(b)))))
@@ -78,19 +81,19 @@ def _kernel_grad_ops(text: str) -> list[str]:
 
 
 def test_kernel_gradient_follows_the_convolution_library():
-  """Inside eigen_convolutions() the widening conv's kernel gradient is XLA's own (a convolution
-  whose window is the image), outside it the im2col matrix product; the CPU train-step options keep
-  convolutions off YNNPACK (no YNNPACK fusion around a convolution)."""
+  """For Eigen's convolutions (eigen=True) the widening conv's kernel gradient is XLA's own (a
+  convolution whose window is the image), for YNNPACK's the im2col matrix product; the CPU train-step
+  options keep convolutions off YNNPACK (no YNNPACK fusion around a convolution)."""
   if not cpu_conv.train_compiler_options():
     pytest.skip("this jaxlib's CPU compiler has no xla_cpu_experimental_ynn_fusion_type option")
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((2, 16, 16, 4), np.float32))
   w = jnp.asarray(rng.standard_normal((3, 3, 4, 16), np.float32))
-  def grad():   # a new function per trace: jit caches traces by function, not by the context
-    return jax.grad(lambda w: jnp.sum(cpu_conv.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN) ** 2))
-  plain = jax.jit(grad()).lower(w).compile().as_text()
-  with cpu_conv.eigen_convolutions():
-    eigen = jax.jit(grad(), compiler_options=cpu_conv.train_compiler_options()).lower(w).compile().as_text()
+  def grad(eigen):
+    return jax.grad(lambda w: jnp.sum(cpu_conv.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN,
+                                                                    eigen=eigen) ** 2))
+  plain = jax.jit(grad(False)).lower(w).compile().as_text()
+  eigen = jax.jit(grad(True), compiler_options=cpu_conv.train_compiler_options()).lower(w).compile().as_text()
   assert not _kernel_grad_ops(plain) and " dot(" in plain
   assert len(_kernel_grad_ops(eigen)) == 1
   assert not any("__ynn_fusion" in line and "convolution" in line for line in eigen.splitlines()
@@ -108,8 +111,9 @@ def test_train_compiler_options_fall_back_when_rejected(monkeypatch):
 
 
 def test_compile_step_compiles_cpu_steps_for_eigen_convolutions():
-  """The train-step compile (every stage's) on CPU: traced inside eigen_convolutions() and compiled
-  with the options, so the widening conv's kernel gradient is XLA's own convolution."""
+  """The train-step compile (every stage's) on CPU: compiled with the options, for which cpu_conv's
+  default kernels (eigen=None: the options are supported) are chosen, so the widening conv's kernel
+  gradient is XLA's own convolution."""
   if not cpu_conv.train_compiler_options():
     pytest.skip("this jaxlib's CPU compiler has no xla_cpu_experimental_ynn_fusion_type option")
   from mrsr_jax import sharding
@@ -130,21 +134,20 @@ def test_compile_step_compiles_cpu_steps_for_eigen_convolutions():
 
 
 def test_few_output_conv_forward_is_a_matrix_product_in_train_steps():
-  """The 9x9 -> 1 channel output conv's forward: a convolution outside eigen_convolutions() (YNNPACK
-  runs it fastest), a matrix product + shifted sum inside (Eigen's convolution is 1.7x slower)."""
+  """The 9x9 -> 1 channel output conv's forward: a convolution for YNNPACK's convolutions (eigen=False:
+  YNNPACK runs it fastest), a matrix product + shifted sum for Eigen's (its convolution is 1.7x slower)."""
   if not cpu_conv.train_compiler_options():
     pytest.skip("this jaxlib's CPU compiler has no xla_cpu_experimental_ynn_fusion_type option")
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((2, 16, 16, 64), np.float32))   # 64 channels, as the generator's
   w = jnp.asarray(rng.standard_normal((9, 9, 64, 1), np.float32))
 
-  def fwd():
-    return lambda x, w: cpu_conv.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN)
-  plain = jax.jit(fwd()).lower(x, w).compile().as_text()
-  with cpu_conv.eigen_convolutions():
-    f = jax.jit(fwd(), compiler_options=cpu_conv.train_compiler_options())
-    shifted = f.lower(x, w).compile().as_text()
-    got = f(x, w)
+  def fwd(eigen):
+    return lambda x, w: cpu_conv.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN, eigen=eigen)
+  plain = jax.jit(fwd(False)).lower(x, w).compile().as_text()
+  f = jax.jit(fwd(True), compiler_options=cpu_conv.train_compiler_options())
+  shifted = f.lower(x, w).compile().as_text()
+  got = f(x, w)
   assert " convolution(" in plain and " convolution(" not in shifted
   np.testing.assert_allclose(got, lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN),
                              rtol=1e-4, atol=1e-4)

@@ -7,29 +7,29 @@ upsampling conv, the discriminator's widening convs, the 9x9 64 -> 1 output conv
 step on CPU these few kernel gradients took about a third of the step. Written as one matrix product
 over `batch * height * width` (im2col of whichever side has fewer channels) they run at GEMM speed.
 
-Only the backward pass changes, only on CPU (`lax.platform_dependent`; GPUs keep cuDNN's kernels),
-only for plain 2D NHWC convolutions (no dilation, one group, more than one input channel) whose
-channel counts differ or that are strided; everything else goes to `lax.conv_general_dilated`
-untouched. The price is compile time (the k*k window slices) and the im2col buffer's memory. Pass it to Flax as
-`nn.Conv(..., conv_general_dilated=cpu_conv.conv_general_dilated)`: the parameter tree is unchanged.
+Only for models that run on XLA:CPU, chosen when the model is built (`srgan.Conv(..., impl="cpu")`,
+which `srgan.backend_conv_impl()` picks on a CPU backend): this file holds no accelerator path, and a
+model built for a GPU never calls it. Only plain 2D NHWC convolutions (no dilation, one group, more
+than one input channel) whose channel counts differ or that are strided take the kernels below;
+everything else goes to `lax.conv_general_dilated` untouched. The price is compile time (the k*k
+window slices) and the im2col buffer's memory. The parameter tree is nn.Conv's.
 
 Which kernel gradient is fastest depends on which library runs XLA:CPU's convolutions (jaxlib 0.10
 hands them to YNNPACK by default): under YNNPACK the im2col product wins where the channel counts
 differ; with Eigen's convolutions, XLA's own kernel gradient is faster on every layer but the 9x9
 one-output-channel conv, and the train step as a whole is faster too (docs/benchmarks.md, issue 13).
 `compile_step` therefore compiles CPU train steps with `train_compiler_options()` (Eigen's
-convolutions; YNNPACK's matrix products and reductions) and traces them inside
-`eigen_convolutions()`, which picks the kernel gradients for that executable (and computes the
-9x9 -> 1 channel output conv's forward as a matrix product + shifted sum, `_shift_sum_conv`).
-Inference keeps YNNPACK's convolutions (its forward pass is faster there: 467 vs 609 ms per 512²
-slice at 2x).
+convolutions; YNNPACK's matrix products and reductions), and the kernel gradients are chosen for
+that (`eigen=True`, the default whenever this jaxlib accepts the options; the 9x9 -> 1 channel output
+conv's forward is then a matrix product + shifted sum, `_shift_sum_conv`). The choice is an argument,
+fixed when the model is built, so every trace of a model (train step, eval, predict, api) is the same
+code. Inference keeps YNNPACK's convolutions (its forward pass is faster there: 467 vs 609 ms per
+512² slice at 2x).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import threading
 from typing import Sequence
 
 import jax
@@ -42,9 +42,6 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 # reductions on it: the list overwrites jaxlib 0.10's default (convolutions, dots, reductions).
 TRAIN_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
                           "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
-
-_TRACE = threading.local()
-
 
 @functools.cache
 def train_compiler_options() -> dict:
@@ -64,17 +61,6 @@ def train_compiler_options() -> dict:
   return dict(TRAIN_COMPILER_OPTIONS)
 
 
-@contextlib.contextmanager
-def eigen_convolutions():
-  """Convolutions traced inside are for an executable compiled with `train_compiler_options()`."""
-  prev = getattr(_TRACE, "eigen", False)
-  _TRACE.eigen = True
-  try:
-    yield
-  finally:
-    _TRACE.eigen = prev
-
-
 def _plain_2d(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count) -> bool:
   if lhs.ndim != 4 or rhs.ndim != 4 or feature_group_count != 1:
     return False
@@ -88,8 +74,11 @@ def _plain_2d(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_g
 def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1,
                          batch_group_count: int = 1, precision=None,
-                         preferred_element_type=None) -> jax.Array:
-  """Drop-in for `lax.conv_general_dilated` (the signature Flax's `nn.Conv` calls)."""
+                         preferred_element_type=None, *, eigen: bool | None = None) -> jax.Array:
+  """Drop-in for `lax.conv_general_dilated` (the signature Flax's `nn.Conv` calls).
+
+  `eigen`: the kernels are for an executable compiled with `train_compiler_options()` (Eigen's
+  convolutions); None: whenever this jaxlib accepts those options, as `compile_step` then uses them."""
   ci, co = (rhs.shape[-2], rhs.shape[-1]) if rhs.ndim == 4 else (None, None)
   strides = tuple(int(s) for s in window_strides)
   if (batch_group_count != 1 or preferred_element_type is not None
@@ -107,9 +96,11 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding, lhs_d
   else:
     pads = padding
   pads = tuple((int(lo), int(hi)) for lo, hi in pads)
-  # A static argument (part of JAX's trace caches), read here in the forward trace.
-  eigen = bool(getattr(_TRACE, "eigen", False))
-  return _conv(lhs, rhs, strides, pads, precision, eigen)
+  if eigen is None:
+    eigen = bool(train_compiler_options())
+  # The named scope marks these kernels in profiles and in lowered text (tests/test_platform_code.py).
+  with jax.named_scope("cpu_conv"):
+    return _conv(lhs, rhs, strides, pads, precision, bool(eigen))
 
 
 def _plain_conv(x, w, strides, pads, precision):
@@ -144,9 +135,7 @@ def _shift_sum_conv(x, w, strides, pads, precision):
 
 def _forward(x, w, strides, pads, precision, eigen):
   if eigen and _few_outputs(w, strides):
-    return lax.platform_dependent(
-        x, w, cpu=lambda x, w: _shift_sum_conv(x, w, strides, pads, precision),
-        default=lambda x, w: _plain_conv(x, w, strides, pads, precision))
+    return _shift_sum_conv(x, w, strides, pads, precision)
   return _plain_conv(x, w, strides, pads, precision)
 
 
@@ -229,23 +218,13 @@ def _input_grad(fwd, x, w, dy, strides, pads, precision):
 
 def _conv_bwd(strides, pads, precision, eigen, res, dy):
   x, w = res
-  if strides == (1, 1):
-    dx = _input_grad(_plain_conv, x, w, dy, strides, pads, precision)
-  else:
-    dx = lax.platform_dependent(
-        x, w, dy,
-        cpu=lambda *a: _input_grad(_phase_conv, *a, strides, pads, precision),
-        default=lambda *a: _input_grad(_plain_conv, *a, strides, pads, precision))
+  dx = _input_grad(_plain_conv if strides == (1, 1) else _phase_conv, x, w, dy, strides, pads, precision)
   ci, co = w.shape[2:]
   # Under Eigen's convolutions XLA's own kernel gradient is the faster one except for few output
   # channels at stride 1 (the 9x9 -> 1 channel conv: 2.2x slower than dy's im2col there).
   cpu_grad = (_kernel_grad_xla if eigen and not (co < ci and strides == (1, 1))
               else _kernel_grad_matmul)
-  dw = lax.platform_dependent(
-      x, w, dy,
-      cpu=lambda *a: cpu_grad(*a, strides, pads, precision),
-      default=lambda *a: _kernel_grad_xla(*a, strides, pads, precision))
-  return dx, dw
+  return dx, cpu_grad(x, w, dy, strides, pads, precision)
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)

@@ -17,7 +17,6 @@ BatchNorm uses `use_running_average=not train`, momentum 0.9 (torch's 0.1), eps 
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
@@ -34,9 +33,26 @@ BN_MOMENTUM = 0.9
 BN_EPS = 1e-5
 LEAKY_SLOPE = 0.2
 
-# nn.Conv with a faster kernel gradient on CPU (same values and param tree; see cpu_conv.py and
-# docs/benchmarks.md): the SR train step on CPU spent a third of its time in XLA's kernel gradients.
-Conv = functools.partial(nn.Conv, conv_general_dilated=cpu_conv.conv_general_dilated)
+# How a model's convolutions are computed (its `conv_impl` field): "xla" is XLA's own convolution on
+# any backend; "cpu" takes cpu_conv.py's kernels (same values and param tree), built for XLA:CPU, where
+# the SR train step spent a third of its time in XLA's kernel gradients (docs/benchmarks.md).
+CONV_IMPLS = ("xla", "cpu")
+
+
+def backend_conv_impl(platform: str | None = None) -> str:
+  """The `conv_impl` for models that run on `platform` (a JAX backend name; default: JAX's default
+  backend): "cpu" on XLA:CPU, "xla" on every accelerator."""
+  return "cpu" if (platform or jax.default_backend()) == "cpu" else "xla"
+
+
+def Conv(*args, impl: str = "xla", **kwargs) -> nn.Conv:
+  """`nn.Conv(*args, **kwargs)` computed the `impl` way (one of CONV_IMPLS; a model passes its
+  `conv_impl` field)."""
+  if impl == "xla":
+    return nn.Conv(*args, **kwargs)
+  if impl == "cpu":
+    return nn.Conv(*args, conv_general_dilated=cpu_conv.conv_general_dilated, **kwargs)
+  raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}")
 
 
 def pixel_shuffle(x: jax.Array, r: int) -> jax.Array:
@@ -73,18 +89,20 @@ class ResidualBlock(nn.Module):
   """conv3x3-BN-ReLU-conv3x3-BN plus identity (SRGAN's B residual blocks); norm="none" drops the BNs."""
   features: int = 64
   norm: str = "batch"
+  conv_impl: str = "xla"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:   # `train` positional for nn.remat
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    ckw = dict(impl=self.conv_impl, **kw)
     # No conv bias before BatchNorm: BN's mean subtraction cancels it (its true gradient is 0, so it
     # would only drift on round-off).
     bias = self.norm != "batch"
-    y = Conv(self.features, (3, 3), padding="SAME", use_bias=bias, name="conv1", **kw)(x)
+    y = Conv(self.features, (3, 3), padding="SAME", use_bias=bias, name="conv1", **ckw)(x)
     y = nn.relu(_norm(self.norm, train, "bn1", kw)(y))
-    y = Conv(self.features, (3, 3), padding="SAME", use_bias=bias, name="conv2", **kw)(y)
+    y = Conv(self.features, (3, 3), padding="SAME", use_bias=bias, name="conv2", **ckw)(y)
     return x + _norm(self.norm, train, "bn2", kw)(y)
 
 
@@ -102,6 +120,9 @@ class SRGenerator(nn.Module):
   # `nothing_saveable`): the blocks' stored activations drop from ~6 maps per block to 1, for about one
   # more forward pass of the blocks. Same parameters, same values.
   remat: bool = False
+  # "xla" or "cpu" (CONV_IMPLS): set from the backend the model runs on when it is built
+  # (`backend_conv_impl`, as stage_sr.generator does).
+  conv_impl: str = "xla"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -112,18 +133,19 @@ class SRGenerator(nn.Module):
     if x.ndim != 4 or x.shape[-1] != 1:
       raise ValueError(f"SRGenerator: expected a channels-last single-channel batch [B, N, N, 1], got {tuple(x.shape)}")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    ckw = dict(impl=self.conv_impl, **kw)
     f = self.features
     lr = x
-    x = nn.relu(Conv(f, (9, 9), padding="SAME", name="conv_in", **kw)(x))
+    x = nn.relu(Conv(f, (9, 9), padding="SAME", name="conv_in", **ckw)(x))
     skip = x
     block = remat_block(ResidualBlock) if self.remat else ResidualBlock
     for i in range(self.num_blocks):
-      x = block(f, norm=self.norm, name=f"res_{i}", **kw)(x, train)
-    x = Conv(f, (3, 3), padding="SAME", use_bias=self.norm != "batch", name="conv_mid", **kw)(x)
+      x = block(f, norm=self.norm, conv_impl=self.conv_impl, name=f"res_{i}", **kw)(x, train)
+    x = Conv(f, (3, 3), padding="SAME", use_bias=self.norm != "batch", name="conv_mid", **ckw)(x)
     x = _norm(self.norm, train, "bn_mid", kw)(x)
     x = x + skip  # the long skip of Fig. 6
     for i in range(int(math.log2(self.scale))):
-      x = Conv(4 * f, (3, 3), padding="SAME", name=f"up_{i}", **kw)(x)
+      x = Conv(4 * f, (3, 3), padding="SAME", name=f"up_{i}", **ckw)(x)
       x = nn.relu(pixel_shuffle(x, 2))
     # Residual: the output conv starts at zero, so the untrained generator *is* the bicubic baseline
     # in train and eval mode alike (BatchNorm's train/eval difference never reaches the output until
@@ -131,7 +153,7 @@ class SRGenerator(nn.Module):
     # loss. Its kernel still gets gradient from step 0 (the activations before it are not zero), and
     # the layers below it from step 1 on. (Zero-initialised last layers: Goyal et al. 2017, Fixup.)
     init = dict(kernel_init=nn.initializers.zeros) if self.residual else {}
-    out = Conv(1, (9, 9), padding="SAME", name="conv_out", **init, **kw)(x).astype(jnp.float32)
+    out = Conv(1, (9, 9), padding="SAME", name="conv_out", **init, **ckw)(x).astype(jnp.float32)
     if self.residual:
       out = out + degrade.upsample_bicubic(lr, self.scale)
     return out
@@ -140,6 +162,7 @@ class SRGenerator(nn.Module):
 class SRDiscriminator(nn.Module):
   """`[B, H, W, 1]` image (any size) -> real/fake logits `[B]` (float32)."""
   features: int = 64
+  conv_impl: str = "xla"   # as SRGenerator's
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -150,11 +173,12 @@ class SRDiscriminator(nn.Module):
                        f"{tuple(x.shape)}")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     f = self.features
-    x = nn.leaky_relu(Conv(f, (3, 3), padding="SAME", name="conv0", **kw)(x), LEAKY_SLOPE)
+    x = nn.leaky_relu(Conv(f, (3, 3), padding="SAME", name="conv0", impl=self.conv_impl, **kw)(x),
+                      LEAKY_SLOPE)
     # (width multiplier, stride): SRGAN's n64s2, n128s1, n128s2, n256s1, n256s2, n512s1, n512s2.
     for i, (m, s) in enumerate(((1, 2), (2, 1), (2, 2), (4, 1), (4, 2), (8, 1), (8, 2))):
       x = Conv(m * f, (3, 3), strides=(s, s), padding="SAME", use_bias=False, name=f"conv{i + 1}",
-                  **kw)(x)
+               impl=self.conv_impl, **kw)(x)
       x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS, name=f"bn{i + 1}",
                        **kw)(x)
       x = nn.leaky_relu(x, LEAKY_SLOPE)

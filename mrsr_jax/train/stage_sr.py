@@ -28,8 +28,10 @@ from mrsr_jax.train.state import TrainState, make_optimizer
 
 
 def generator(config) -> srgan.SRGenerator:
+  # The platform's convolutions, fixed here for every trace of the model (srgan.backend_conv_impl).
   return srgan.SRGenerator(scale=config.scale, dtype=jnp.dtype(config.dtype),
-                           remat=bool(config.sr.get("remat", False)), **config.sr.model)
+                           remat=bool(config.sr.get("remat", False)), conv_impl=srgan.backend_conv_impl(),
+                           **config.sr.model)
 
 
 def make_lr(config, hr: jax.Array) -> jax.Array:
@@ -73,7 +75,8 @@ class SRStage(loop.Stage):
       if not (isinstance(spec, tuple) and len(spec) == 2 and callable(spec[1])):
         raise ValueError(f"extra_losses['{term}'] must be a (weight, function) pair, got {spec!r}")
     self.gen = generator(config)
-    self.disc = srgan.SRDiscriminator(features=self.cfg.disc_features, dtype=self.dtype)
+    self.disc = srgan.SRDiscriminator(features=self.cfg.disc_features, conv_impl=srgan.backend_conv_impl(),
+                                      dtype=self.dtype)
     self.which = features.needed(self.cfg.loss)
     self._total_steps: int | None = None
     tx = make_optimizer(self._learning_rate, b1=self.cfg.b1, b2=self.cfg.b2,

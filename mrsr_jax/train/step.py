@@ -38,21 +38,13 @@ def compile_step(update: UpdateFn, mesh: jax.sharding.Mesh, microbatches: int = 
     update = functools.partial(update, microbatches=microbatches, mesh=mesh)
   options = None
   if mesh.devices.flat[0].platform == "cpu" and cpu_conv.train_compiler_options():
-    # XLA:CPU: Eigen's convolutions with the kernel gradients chosen for them (cpu_conv.py): the SR
-    # train step ~1.25x faster (4x, batch 4 at 240²: 2.70 -> 2.14 s on 2 cores), the AE step ~1.07x,
-    # than with the default YNNPACK convolutions (docs/benchmarks.md).
+    # XLA:CPU: Eigen's convolutions, for which the models' "cpu" convolutions (srgan.backend_conv_impl)
+    # choose their kernel gradients (cpu_conv.py): the SR train step ~1.25x faster (4x, batch 4 at
+    # 240²: 2.70 -> 2.14 s on 2 cores), the AE step ~1.07x, than with the default YNNPACK convolutions
+    # (docs/benchmarks.md). Compiler options only: the traced step is the same on every backend.
     options = cpu_conv.train_compiler_options()
-    update = _traced_for_eigen(update)
   return jax.jit(update, in_shardings=(rep, data, rep, rep), out_shardings=(rep, rep),
                  donate_argnums=(0,), compiler_options=options)
-
-
-def _traced_for_eigen(update: Callable) -> Callable:
-  @functools.wraps(update)
-  def traced(*args, **kwargs):
-    with cpu_conv.eigen_convolutions():
-      return update(*args, **kwargs)
-  return traced
 
 
 def microbatch_count(global_batch: int, num_devices: int, microbatch_per_device: int,
