@@ -164,9 +164,8 @@ def worker_jax(spec: dict) -> dict:
   from mrsr_jax.train.stage_sr import SRStage, generator
   if spec["framework"] == "jax_xlaconv":
     # Before/after of the CPU kernel-gradient convolution (mrsr_jax/models/cpu_conv.py), same run.
-    import flax.linen as nn
     from mrsr_jax.models import srgan
-    srgan.Conv = nn.Conv
+    srgan.backend_conv_impl = lambda platform=None: "xla"   # the models built below: XLA's convolutions
 
   config = base.get_config()
   config.scale = spec["scale"]
