@@ -29,6 +29,28 @@ def sample_data_dir(tmp_path_factory) -> str:
   return str(data_dir)
 
 
+def snapshot(root):
+  """{relative path: (size, mtime_ns)} of every file under `root`: proves nothing was touched."""
+  out = {}
+  for dirpath, _, files in os.walk(root):
+    for name in files:
+      st = os.stat(os.path.join(dirpath, name))
+      out[os.path.relpath(os.path.join(dirpath, name), root)] = (st.st_size, st.st_mtime_ns)
+  return out
+
+
+def assert_trees_equal(a, b, check=None):
+  """`check(leaf_a, leaf_b)` on every leaf pair (default: exactly equal) after asserting that both
+  trees have the same structure and are not empty: a `zip` over leaves passes when one side is empty
+  or shorter, this does not."""
+  import jax
+  import numpy as np
+  a, b = jax.device_get((a, b))
+  assert jax.tree.structure(a) == jax.tree.structure(b), (jax.tree.structure(a), jax.tree.structure(b))
+  assert jax.tree.leaves(a), "both trees are empty"
+  jax.tree.map(check or np.testing.assert_array_equal, a, b)
+
+
 def tiny_config(data_dir, **sr):
   """configs/tiny.py pointed at `data_dir`, with SR-stage overrides."""
   from configs import tiny

@@ -12,19 +12,10 @@ import re
 import shutil
 
 import pytest
+from conftest import snapshot
 
 import run as run_py
 from mrsr_jax.train import loop, pipeline
-
-
-def snapshot(root):
-  """{relative path: (size, mtime_ns)} of every file under `root`: proves nothing was touched."""
-  out = {}
-  for dirpath, _, files in os.walk(root):
-    for name in files:
-      st = os.stat(os.path.join(dirpath, name))
-      out[os.path.relpath(os.path.join(dirpath, name), root)] = (st.st_size, st.st_mtime_ns)
-  return out
 
 
 def cli(capsys, *args):

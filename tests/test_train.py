@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import assert_trees_equal, snapshot, tiny_config
 
 from mrsr_jax import losses, sharding
 from mrsr_jax.data import records
@@ -21,25 +21,66 @@ def latest_params(workdir, stage_name):
   return step, state["params"]
 
 
+def losses_on_a_fixed_batch(config, workdir, name, states):
+  """{metric: (value at the initial params, value at `states`' params)} of stage `name` on its first
+  training batch, with the step's rng: the loop's own compiled step, whose metrics are computed from
+  the params it is given (before its update)."""
+  stage = SRStage(config, workdir) if name == "sr" else pipeline.STAGES[name](config, workdir)
+  stage.num_steps(records.read_info(loop.dataset_dir(config)))   # as train_stage does (LR schedule)
+  mesh = sharding.make_mesh()
+  batch = next(loop.train_iterator(stage, config, 0, mesh))
+  batch.pop("orientation", None)
+  init, _ = loop.init_state(stage, mesh)
+  step = loop.step_lib.compile_step(stage.update, mesh, stage.microbatches(mesh.devices.size))
+  rng, frozen = loop.step_lib.step_rng(config.seed, 0), stage.frozen(mesh)
+  # The step donates its state: the session's trained state goes in as a copy.
+  before = jax.device_get(step(init(jax.random.key(config.seed)), batch, rng, frozen)[1])
+  after = jax.device_get(step(jax.tree.map(jnp.copy, states[name]), batch, rng, frozen)[1])
+  return {k: (float(before[k]), float(after[k])) for k in before}
+
+
 def test_every_stage_trains_and_checkpoints(trained):
   config, workdir, states = trained
+  mesh = sharding.make_mesh()
   for name in ("vit", "ae", "sr"):
     assert int(states[name].step) == config[name].num_steps
-    step, _ = latest_params(workdir, name)
+    step, params = latest_params(workdir, name)
     assert step == config[name].num_steps
+    assert_trees_equal(params, states[name].params)          # the checkpoint is the final state
+    # Trained: every network of the stage moved away from its initialisation.
+    stage = SRStage(config, workdir) if name == "sr" else pipeline.STAGES[name](config, workdir)
+    init = jax.device_get(loop.init_state(stage, mesh)[0](jax.random.key(config.seed)).params)
+    assert set(init) == set(params), name
+    for net in params:
+      assert jax.tree.structure(init[net]) == jax.tree.structure(params[net]), (name, net)
+      moved = jax.tree.leaves(jax.tree.map(lambda a, b: not np.array_equal(a, b), init[net], params[net]))
+      assert sum(moved) >= 0.5 * len(moved), (name, net, f"{sum(moved)} of {len(moved)} leaves changed")
     lines = open(os.path.join(workdir, name, "metrics.jsonl")).read().splitlines()
     assert lines, f"no metrics logged for {name}"
     for line in lines:
       assert "nan" not in line.lower()
   assert set(states["sr"].params) == {"gen", "disc"}   # frozen extractors are not trained state
+  # Learned: the ViT's pretext loss and the autoencoder's reconstruction loss fall on a fixed batch.
+  # (That the SR generator learns is test_learns.py's: its 4 steps here are adversarial.)
+  for name, key in (("vit", "loss"), ("ae", "g_rec")):
+    before, after = losses_on_a_fixed_batch(config, workdir, name, states)[key]
+    print(f"{name} {key}: {before:.4f} at init -> {after:.4f} trained")
+    assert after < before, (name, key, before, after)
 
 
-def test_rerun_skips_completed_stages(trained):
+def test_rerun_skips_completed_stages(trained, caplog):
   config, workdir, states = trained
+  # A rerun that retrained (CPU training is bit-deterministic, so the params alone could not tell)
+  # would rewrite checkpoints and append to metrics.jsonl.
+  before = {name: snapshot(os.path.join(workdir, name)) for name in states}
+  caplog.set_level(logging.INFO, logger="absl")
   again = pipeline.train(config, workdir)
   for name in states:
-    np.testing.assert_array_equal(
-        jax.tree.leaves(again[name].params)[0], jax.tree.leaves(states[name].params)[0])
+    assert snapshot(os.path.join(workdir, name)) == before[name], name
+    n = config[name].num_steps
+    assert f"[{name}] complete ({n}/{n} steps); skipped" in caplog.text
+    assert_trees_equal(again[name].params, states[name].params)
+  assert "training steps" not in caplog.text
 
 
 def test_frozen_extractors_unchanged_by_sr_training(trained):
@@ -49,10 +90,8 @@ def test_frozen_extractors_unchanged_by_sr_training(trained):
   frozen = SRStage(config, workdir).frozen(mesh)
   _, vit_params = latest_params(workdir, "vit")
   _, ae_params = latest_params(workdir, "ae")
-  for a, b in zip(jax.tree.leaves(frozen["vit"]), jax.tree.leaves(vit_params["vit"]["vit"])):
-    np.testing.assert_array_equal(np.asarray(a), b)
-  for a, b in zip(jax.tree.leaves(frozen["ae_enc"]), jax.tree.leaves(ae_params["enc"])):
-    np.testing.assert_array_equal(np.asarray(a), b)
+  assert_trees_equal(frozen["vit"], vit_params["vit"]["vit"])
+  assert_trees_equal(frozen["ae_enc"], ae_params["enc"])
 
 
 def metric_steps(workdir, stage="sr", key="sr/g_total"):
@@ -89,10 +128,8 @@ def test_resume_equals_uninterrupted(trained, tmp_path, caplog, monkeypatch):
   assert "[sr] training steps 0.." not in caplog.text
   assert os.stat(os.path.join(resumed_dir, "sr", "checkpoints", "2")).st_mtime_ns == first
   assert metric_steps(resumed_dir) == list(range(2, config.sr.num_steps + 1, 2))
-  for a, b in zip(jax.tree.leaves(final.params), jax.tree.leaves(states["sr"].params)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  for a, b in zip(jax.tree.leaves(final.batch_stats), jax.tree.leaves(states["sr"].batch_stats)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert_trees_equal(final.params, states["sr"].params)
+  assert_trees_equal(final.batch_stats, states["sr"].batch_stats)
 
 
 @pytest.mark.parametrize("every, caught", [
@@ -156,10 +193,8 @@ def test_same_update_on_one_and_eight_devices(trained):
   # Conv biases feeding BatchNorm have a true gradient of 0 (round-off only): tolerances are
   # relative to the largest gradient of the tree, not of the leaf.
   scale = max(float(np.abs(np.asarray(x)).max()) for x in jax.tree.leaves(o1))
-  for a, b in zip(jax.tree.leaves(o1), jax.tree.leaves(o8)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-5 * scale)
-  for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s8)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  assert_trees_equal(o1, o8, lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * scale))
+  assert_trees_equal(s1, s8, lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5))
 
 
 def test_kill_9_during_a_save_then_restart_resumes_and_equals_uninterrupted(trained, tmp_path):
@@ -213,8 +248,7 @@ def test_kill_9_during_a_save_then_restart_resumes_and_equals_uninterrupted(trai
   assert metric_steps(str(run_dir)) == list(range(2, steps + 1, 2))
   step, params = latest_params(str(run_dir), "sr")
   assert step == steps
-  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_state.params)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert_trees_equal(params, ref_state.params)
 
 
 # -- how G and D meet in the SR step (sr.disc_bn_in_g, sr.gd_update; paper_deviations.md) ------------
@@ -281,9 +315,9 @@ def test_alternating_updates_take_g_against_the_updated_d(sr_step):
   sim, m_sim = _step(stage, state, batch, disc_bn_in_g="train", gd_update="simultaneous")
   alt, m_alt = _step(stage, state, batch, disc_bn_in_g="eval", gd_update="alternating")
   assert int(sim.step) == int(alt.step) == int(state.step) + 1
-  for a, b in zip(jax.tree.leaves((sim.params["disc"], sim.batch_stats["disc"])),
-                  jax.tree.leaves((alt.params["disc"], alt.batch_stats["disc"]))):
-    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  assert_trees_equal((sim.params["disc"], sim.batch_stats["disc"]),
+                     (alt.params["disc"], alt.batch_stats["disc"]),
+                     lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7))
   assert float(m_sim["d_loss"]) == pytest.approx(float(m_alt["d_loss"]), rel=1e-6)
 
   def adv(mode, disc_params, disc_stats):   # G's L_adv against a given D
@@ -319,9 +353,7 @@ def test_without_l_adv_the_step_leaves_d_out(sr_step):
   new, metrics = result[0.0]
   assert "d_loss" not in metrics and "g_adv" not in metrics and "d_loss" in result[1.0][1]
   before = jax.device_get((state.params["disc"], state.opt_state["disc"], state.batch_stats["disc"]))
-  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves((new.params["disc"], new.opt_state["disc"],
-                                                            new.batch_stats["disc"]))):
-    np.testing.assert_array_equal(a, b)
+  assert_trees_equal(before, (new.params["disc"], new.opt_state["disc"], new.batch_stats["disc"]))
   assert int(new.step) == int(state.step) + 1
   assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(state.params["gen"]),
                                                    jax.tree.leaves(new.params["gen"])))
@@ -333,5 +365,5 @@ def test_without_l_adv_the_step_leaves_d_out(sr_step):
   finally:
     stage.cfg.loss.adv_weight = 1.0
     stage.cfg.gd_update = "simultaneous"
-  for a, b in zip(jax.tree.leaves(alt.params), jax.tree.leaves(new.params)):
-    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  assert_trees_equal(alt.params, new.params,
+                     lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7))
