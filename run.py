@@ -186,10 +186,13 @@ def run() -> None:
   """The mode FLAGS ask for."""
   if FLAGS.mode == "predict" and (not FLAGS.input or not FLAGS.output):
     raise CommandLineError("--mode=predict needs --input and --output")
-  # First, before TensorFlow or XLA start threads: XLA:CPU's per-step buffers reuse memory instead
-  # of page-faulting (glibc settings; threads keep the malloc arena they start with).
+  # First, before TensorFlow or XLA start threads, and only where JAX will run on the CPU: XLA:CPU's
+  # per-step buffers reuse memory instead of page-faulting (glibc settings; threads keep the malloc
+  # arena they start with).
   from mrsr_jax import cpu_alloc
-  cpu_alloc.keep_freed_memory()
+  cpu_backend = cpu_alloc.cpu_backend_chosen()
+  if cpu_backend:
+    cpu_alloc.keep_freed_memory()
 
   # TensorFlow only reads data here: hide GPUs from it so it never takes JAX's memory. It is an
   # optional install (pyproject's `tf` extra): a missing one is a one-line error with the fix.
@@ -201,22 +204,25 @@ def run() -> None:
     # Before anything touches a device.
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
-  logging.info("JAX process %d/%d, %d local / %d global devices (%s)", jax.process_index(),
+  logging.info("JAX process %d/%d, %d local / %d global devices (%s)%s", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
-               jax.devices()[0].platform)
+               jax.devices()[0].platform, "; malloc keeps freed memory (cpu_alloc)" if cpu_backend else "")
 
   config = FLAGS.config
-  if FLAGS.mode == "train":
-    from mrsr_jax.train import pipeline
-    pipeline.train(config, FLAGS.workdir)
-  elif FLAGS.mode == "eval":
-    from mrsr_jax import evaluate
-    evaluate.evaluate(config, FLAGS.workdir)
-  else:
-    from mrsr_jax import predict
-    predict.predict_file(config, FLAGS.workdir, FLAGS.input, FLAGS.output,
-                         reference=FLAGS.reference, slice_axis=FLAGS.slice_axis, frame=FLAGS.frame,
-                         overwrite=FLAGS.overwrite)
+  # Compiled steps and generators from disk on a resume or rerun (JAX's persistent cache).
+  from mrsr_jax import compile_cache
+  with compile_cache.enabled(FLAGS.workdir):
+    if FLAGS.mode == "train":
+      from mrsr_jax.train import pipeline
+      pipeline.train(config, FLAGS.workdir)
+    elif FLAGS.mode == "eval":
+      from mrsr_jax import evaluate
+      evaluate.evaluate(config, FLAGS.workdir)
+    else:
+      from mrsr_jax import predict
+      predict.predict_file(config, FLAGS.workdir, FLAGS.input, FLAGS.output,
+                           reference=FLAGS.reference, slice_axis=FLAGS.slice_axis, frame=FLAGS.frame,
+                           overwrite=FLAGS.overwrite)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,12 +17,17 @@ big allocations per step wants; many small concurrent allocations would contend 
 before any thread allocates (first thing in a process: threads keep the arena they started with).
 The cost: the process's resident memory stays at its peak instead of falling between calls, which a
 training or prediction process reaches every step anyway. Linux/glibc only; elsewhere it does nothing.
+
+Only for a process whose JAX backend is the CPU (`cpu_backend_chosen`, decided before JAX starts a
+backend, since the setting must precede its threads): an accelerator's buffers live in device memory,
+and its host process keeps glibc's defaults.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 
 # glibc's mallopt parameter numbers (malloc.h).
@@ -44,3 +49,24 @@ def keep_freed_memory() -> bool:
   mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
   return (bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _INT_MAX))
           and bool(mallopt(_M_ARENA_MAX, 1)))
+
+
+def cpu_backend_chosen(platforms: str | None = None) -> bool:
+  """Whether this process's JAX backend will be the CPU, decided without starting any backend.
+
+  `platforms` is JAX's platform list (default: the `JAX_PLATFORMS` environment variable): the first
+  entry is the backend JAX takes. Unset, JAX takes an accelerator when it finds one, so the answer is
+  True only when none is visible to JAX's own hardware probes (NVIDIA or AMD GPU, TPU chips); where
+  those probes are unavailable the answer is False (glibc's defaults are always safe)."""
+  if platforms is None:
+    platforms = os.environ.get("JAX_PLATFORMS", "")
+  first = platforms.split(",")[0].strip().lower()
+  if first:
+    return first == "cpu"
+  try:
+    from jax._src import hardware_utils   # reads /proc and sysfs only; starts nothing
+    chips, _ = hardware_utils.num_available_tpu_chips_and_device_id()
+    return not (hardware_utils.has_visible_nvidia_gpu() or hardware_utils.num_available_amd_gpus(stop_at=1)
+                or chips)
+  except Exception:   # noqa: BLE001 -- a JAX without these probes: cannot tell, so not CPU
+    return False

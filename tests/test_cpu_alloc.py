@@ -71,3 +71,37 @@ def test_big_buffers_of_other_threads_are_reused_too():
   # kept without one arena: the same 48 (measured); kept: 0.
   default, kept = faults("default"), faults("keep")
   assert default >= 20 and kept < 5, (default, kept)
+
+
+@pytest.mark.parametrize("platforms,want", [("cpu", True), ("cpu,cuda", True), ("cuda", False),
+                                            ("tpu,cpu", False), (" CPU ", True)])
+def test_backend_from_jax_platforms(platforms, want):
+  from mrsr_jax import cpu_alloc
+  assert cpu_alloc.cpu_backend_chosen(platforms) is want
+
+
+def test_unset_platforms_follow_visible_accelerators(monkeypatch):
+  """JAX_PLATFORMS unset: CPU unless JAX's hardware probes see an accelerator (JAX would take it)."""
+  from jax._src import hardware_utils
+  from mrsr_jax import cpu_alloc
+  monkeypatch.setattr(hardware_utils, "has_visible_nvidia_gpu", lambda: False)
+  monkeypatch.setattr(hardware_utils, "num_available_amd_gpus", lambda stop_at=None: 0)
+  monkeypatch.setattr(hardware_utils, "num_available_tpu_chips_and_device_id", lambda: (0, None))
+  assert cpu_alloc.cpu_backend_chosen("") is True
+  monkeypatch.setattr(hardware_utils, "has_visible_nvidia_gpu", lambda: True)
+  assert cpu_alloc.cpu_backend_chosen("") is False
+
+
+@pytest.mark.parametrize("platforms,applied", [("cpu", True), ("cuda", False)])
+def test_run_sets_malloc_only_for_a_cpu_backend(tmp_path, monkeypatch, platforms, applied):
+  """run.py changes glibc's settings only when JAX will run on the CPU (the run then stops at the
+  missing dataset: the setting comes first)."""
+  import run
+  from mrsr_jax import cpu_alloc
+  calls = []
+  monkeypatch.setattr(cpu_alloc, "keep_freed_memory", lambda: calls.append(1) or True)
+  monkeypatch.setenv("JAX_PLATFORMS", platforms)
+  rc = run.main(["run.py", f"--config={ROOT}/configs/tiny.py", f"--workdir={tmp_path}",
+                 f"--config.data_dir={tmp_path}/no_data", "--mode=eval"])
+  assert rc == run.EXIT_BAD_INPUT
+  assert bool(calls) is applied

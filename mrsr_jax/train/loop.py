@@ -293,6 +293,10 @@ def train_stage(stage: Stage, mesh) -> TrainState:
       except StopIteration:
         raise RuntimeError(f"[{stage.name}] the training data ran out at step {step}") from None
       rng = step_lib.step_rng(config.seed, step)
+      if step == start:
+        seconds, cached = step_lib.compile_timed(update, state, batch, rng, frozen)
+        logging.info("[%s] step compiled in %.1f s%s", stage.name, seconds,
+                     " (from JAX's persistent compilation cache)" if cached else "")
       state, metrics = update(state, batch, rng, frozen)
       if pending is not None:
         check(*pending)

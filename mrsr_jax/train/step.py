@@ -17,6 +17,7 @@ devices), and the running averages move once per microbatch, i.e. `microbatches`
 from __future__ import annotations
 
 import functools
+import time
 from typing import Any, Callable
 
 import jax
@@ -45,6 +46,29 @@ def compile_step(update: UpdateFn, mesh: jax.sharding.Mesh, microbatches: int = 
     options = cpu_conv.train_compiler_options()
   return jax.jit(update, in_shardings=(rep, data, rep, rep), out_shardings=(rep, rep),
                  donate_argnums=(0,), compiler_options=options)
+
+
+CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
+
+
+def compile_timed(step: Callable, *args) -> tuple[float, bool]:
+  """Compiles the jitted `step` for `args` ahead of its first call: (wall seconds of tracing,
+  lowering and XLA's compile, whether JAX's persistent cache supplied the executable). The call that
+  follows finds the executable in jit's cache and compiles nothing."""
+  hits = []
+
+  def listener(event, **kwargs):
+    if event == CACHE_HIT_EVENT:
+      hits.append(event)
+
+  jax.monitoring.register_event_listener(listener)
+  try:
+    t0 = time.perf_counter()
+    step.lower(*args).compile()
+    seconds = time.perf_counter() - t0
+  finally:
+    jax.monitoring.unregister_event_listener(listener)
+  return seconds, bool(hits)
 
 
 def microbatch_count(global_batch: int, num_devices: int, microbatch_per_device: int,
