@@ -16,8 +16,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
   sys.path.insert(0, str(ROOT))   # `configs` is a top-level folder, imported as run.py does
 
-SHARED_IXI = ROOT.parent / "shared" / "data" / "ixi_t1_2mm"
-
 
 @pytest.fixture(scope="session")
 def sample_data_dir(tmp_path_factory) -> str:

@@ -74,6 +74,19 @@ def test_srgan_train_gradients_unchanged():
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * (1 + float(jnp.max(jnp.abs(b)))))
 
 
+def require_train_compiler_options():
+  """The CPU train-step options are active: the jaxlib this project requires (jax >= 0.10.2,
+  pyproject.toml) accepts them. Not a skip: a jaxlib that dropped or renamed the experimental option
+  would make every CPU train step silently ~1.25x slower (docs/benchmarks.md), and this says so."""
+  assert cpu_conv.train_compiler_options() == cpu_conv.TRAIN_COMPILER_OPTIONS, (
+      f"jaxlib {jax.__version__}'s CPU compiler rejects {cpu_conv.TRAIN_COMPILER_OPTIONS}: CPU train "
+      "steps compile with XLA's defaults; update cpu_conv.TRAIN_COMPILER_OPTIONS for this jaxlib")
+
+
+def test_train_compiler_options_are_active():
+  require_train_compiler_options()
+
+
 def _kernel_grad_ops(text: str) -> list[str]:
   """The kernel-gradient convolutions of a compiled HLO text: windows as large as an image."""
   return [line for line in text.splitlines()
@@ -84,8 +97,7 @@ def test_kernel_gradient_follows_the_convolution_library():
   """For Eigen's convolutions (eigen=True) the widening conv's kernel gradient is XLA's own (a
   convolution whose window is the image), for YNNPACK's the im2col matrix product; the CPU train-step
   options keep convolutions off YNNPACK (no YNNPACK fusion around a convolution)."""
-  if not cpu_conv.train_compiler_options():
-    pytest.skip("this jaxlib's CPU compiler has no xla_cpu_experimental_ynn_fusion_type option")
+  require_train_compiler_options()
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((2, 16, 16, 4), np.float32))
   w = jnp.asarray(rng.standard_normal((3, 3, 4, 16), np.float32))
@@ -114,8 +126,7 @@ def test_compile_step_compiles_cpu_steps_for_eigen_convolutions():
   """The train-step compile (every stage's) on CPU: compiled with the options, for which cpu_conv's
   default kernels (eigen=None: the options are supported) are chosen, so the widening conv's kernel
   gradient is XLA's own convolution."""
-  if not cpu_conv.train_compiler_options():
-    pytest.skip("this jaxlib's CPU compiler has no xla_cpu_experimental_ynn_fusion_type option")
+  require_train_compiler_options()
   from mrsr_jax import sharding
   from mrsr_jax.train import step as step_lib
   mesh = sharding.make_mesh()
@@ -136,8 +147,7 @@ def test_compile_step_compiles_cpu_steps_for_eigen_convolutions():
 def test_few_output_conv_forward_is_a_matrix_product_in_train_steps():
   """The 9x9 -> 1 channel output conv's forward: a convolution for YNNPACK's convolutions (eigen=False:
   YNNPACK runs it fastest), a matrix product + shifted sum for Eigen's (its convolution is 1.7x slower)."""
-  if not cpu_conv.train_compiler_options():
-    pytest.skip("this jaxlib's CPU compiler has no xla_cpu_experimental_ynn_fusion_type option")
+  require_train_compiler_options()
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((2, 16, 16, 64), np.float32))   # 64 channels, as the generator's
   w = jnp.asarray(rng.standard_normal((9, 9, 64, 1), np.float32))

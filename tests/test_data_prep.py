@@ -2,7 +2,8 @@
 the TFDS ways in (`tfds build`, `tfds.load`) and the Beam path.
 
 The volumes are real scans shipped by nibabel / nilearn / dipy, renamed and laid out the way the IXI and
-fastMRI downloads are; the six 2 mm IXI T1 files of shared/data are used when present.
+fastMRI downloads are; the six real 2 mm IXI T1 files bundled in data_prep/sample_data/ixi_t1_2mm are
+the IXI download's files as such.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ import pytest
 import tensorflow_datasets as tfds
 
 from data_prep import __main__ as cli
-from data_prep import fastmri, ixi, volumes
+from data_prep import fastmri, ixi, sample, volumes
 from data_prep.builder import Plan
 from data_prep.datasets import Ixi
 from mrsr_jax.data import records
 
-SHARED_IXI = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "ixi_t1_2mm")
+# Real IXI T1 files as the IXI download names them (2 mm; see the README there).
+IXI_FILES = sample.BUNDLED_IXI_DIR
 
 
 def _pkg(package, *parts):
@@ -90,9 +92,8 @@ def test_slice_axis_from_affine_and_header():
   assert volumes.plane_name(img.affine, volumes.slice_axis(img.affine, img.header)) == "axial"
 
 
-@pytest.mark.skipif(not os.path.isdir(SHARED_IXI), reason="shared/data/ixi_t1_2mm not present (optional real IXI files)")
 def test_slice_axis_of_real_ixi_is_sagittal():
-  img = nib.load(sorted(os.path.join(SHARED_IXI, f) for f in os.listdir(SHARED_IXI))[0])
+  img = nib.load(os.path.join(IXI_FILES, "IXI012-HH-1211-T1.nii.gz"))
   axis = volumes.slice_axis(img.affine, img.header)
   assert axis == 2 and volumes.plane_name(img.affine, axis) == "sagittal"
 
@@ -223,10 +224,14 @@ def test_ixi_from_archive_and_extracted(tmp_path, mni2mm, small_ixi):
   assert info["path"] == str(data_dir / "ixi" / "all" / "1.0.0")
 
 
-@pytest.mark.skipif(not os.path.isdir(SHARED_IXI), reason="shared/data/ixi_t1_2mm not present (optional real IXI files)")
 def test_ixi_real_download_files(tmp_path):
   """The six real 2 mm IXI T1 volumes at the paper's 240x240x96 target (padded: they are 120x120x90)."""
-  assert _run(["--dataset=ixi", f"--manual_dir={SHARED_IXI}", f"--data_dir={tmp_path}"]) == 0
+  manual = tmp_path / "IXI-T1"   # the NIfTI files alone, as extracted from IXI-T1.tar
+  manual.mkdir()
+  for f in sorted(os.listdir(IXI_FILES)):
+    if f.endswith(".nii.gz"):
+      os.symlink(os.path.join(IXI_FILES, f), manual / f)
+  assert _run(["--dataset=ixi", f"--manual_dir={manual}", f"--data_dir={tmp_path}"]) == 0
   info = records.read_info(str(tmp_path / "ixi"))
   assert info["slice_shapes"] == [[240, 240]] and info["labels"] == ["ixi/T1"]
   assert [info["splits"][s]["num_volumes"] for s in ("train", "test", "val")] == [4, 1, 1]
@@ -290,14 +295,25 @@ def test_sample_split_is_deterministic_and_takes_more_ixi_files(tmp_path, mni2mm
       os.path.join(sample.BUNDLED_IXI_DIR, "IXI012-HH-1211-T1.nii.gz")]
 
 
-@pytest.mark.skipif(not os.path.isdir(SHARED_IXI), reason="shared/data/ixi_t1_2mm not present (optional real IXI files)")
-def test_bundled_ixi_files_are_the_shared_ones_unchanged():
-  from data_prep import sample
+# SHA-256 of the bundled files as taken from CBICA/CCL_NMF_Prediction (test/input/IXI/nifti/, contents
+# unchanged, README there): every number measured on the sample assumes these exact bytes.
+BUNDLED_IXI_SHA256 = {
+    "IXI012-HH-1211-T1.nii.gz": "d4d595a3d2ea2a0b597be64054193bf52cbea37dfdea8424459154991fc8eba3",
+    "IXI013-HH-1212-T1.nii.gz": "3d9f39cc7ce649573361494da47708a19d40b230fc40660296281f1bcee26be7",
+    "IXI014-HH-1236-T1.nii.gz": "74c815403bde182fe762bf8f63288fa06891546f899e55e33b68f1a9146240c2",
+    "IXI015-HH-1258-T1.nii.gz": "0ef3b676a5fd76583d76edf9176cdac89732e5663b44680764ad3908644d223a",
+    "IXI033-HH-1259-T1.nii.gz": "1a668062b42c2a64737a0375cbe457187a63e756aaa3d9602eb9a05c4b169bc5",
+    "IXI034-HH-1260-T1.nii.gz": "c2c52c9d50fee114e494af194b79887df8c5b6b9d5cd0f554507b0ce8a838395",
+}
+
+
+def test_bundled_ixi_files_are_unchanged():
+  import hashlib
   bundled = sorted(f for f in os.listdir(sample.BUNDLED_IXI_DIR) if f.endswith(".nii.gz"))
-  assert bundled == sorted(os.listdir(SHARED_IXI))
+  assert bundled == sorted(BUNDLED_IXI_SHA256)
   for f in bundled:
-    with open(os.path.join(sample.BUNDLED_IXI_DIR, f), "rb") as a, open(os.path.join(SHARED_IXI, f), "rb") as b:
-      assert a.read() == b.read(), f
+    with open(os.path.join(sample.BUNDLED_IXI_DIR, f), "rb") as fh:
+      assert hashlib.sha256(fh.read()).hexdigest() == BUNDLED_IXI_SHA256[f], f
   assert "CC BY-SA 3.0" in open(os.path.join(sample.BUNDLED_IXI_DIR, "README.md")).read()
 
 
