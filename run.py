@@ -25,7 +25,7 @@ from typing import Sequence
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mrsr_jax._tensorflow import TensorFlowMissingError, import_tensorflow
+from mrsr_jax._tensorflow import TensorFlowMissingError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (a get_config() python file).",
@@ -194,11 +194,8 @@ def run() -> None:
   if cpu_backend:
     cpu_alloc.keep_freed_memory()
 
-  # TensorFlow only reads data here: hide GPUs from it so it never takes JAX's memory. It is an
-  # optional install (pyproject's `tf` extra): a missing one is a one-line error with the fix.
-  tf = import_tensorflow()
-  tf.config.set_visible_devices([], "GPU")
-
+  # No TensorFlow here: only a TFRecord dataset needs it (mrsr_jax.data.tf_reader imports it, hides
+  # the GPUs from it, and a missing one is a one-line error with the fix).
   import jax
   if FLAGS.distributed or FLAGS.coordinator_address:
     # Before anything touches a device.

@@ -52,6 +52,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                       "Dataflow / Spark runner's options (comma-separated, as `tfds build` takes them)")
   p.add_argument("--allow_empty_splits", action="store_true",
                  help="write the set even if the train, val or test split gets no volume (warns)")
+  p.add_argument("--file_format", default="array_record", choices=("array_record", "tfrecord"),
+                 help="record files: array_record (read with or without TensorFlow, by Grain) or "
+                      "tfrecord (read by tf.data only: needs TensorFlow) (default: %(default)s)")
   p.add_argument("--num_shards", type=int, default=None,
                  help="record files per split (default: TFDS's choice by size)")
   p.add_argument("--max_volumes", type=int, default=None,
@@ -189,7 +192,7 @@ def prepare(builder, plan, *, manual_dir: str | None = None, num_shards: int | N
     # TFDS would delete the complete set before building its replacement: build beside it instead.
     build = type(builder)(data_dir=staging_root, config=builder.builder_config, seed=builder.seed,
                           strict=builder.strict, allow_empty_splits=builder.allow_empty_splits,
-                          max_volumes=builder.max_volumes)
+                          max_volumes=builder.max_volumes, file_format=builder.file_format)
     build._plan, build.report_bad = plan, builder.report_bad
   else:
     build = builder
@@ -247,7 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.no_progress:
     tfds.disable_progress_bar()
   kwargs = dict(config=args.config, seed=args.seed, strict=args.strict,
-                allow_empty_splits=args.allow_empty_splits, max_volumes=args.max_volumes)
+                allow_empty_splits=args.allow_empty_splits, max_volumes=args.max_volumes,
+                file_format=args.file_format)
   builder = BUILDERS[args.name](data_dir=data_dir, **kwargs)
   try:
     plan = builder.plan(manual_dir)

@@ -111,14 +111,19 @@ class VolumeBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   CITATION = ""
 
   def __init__(self, *, seed: int = 0, strict: bool = False, allow_empty_splits: bool = False,
-               max_volumes: int | None = None, **kwargs):
+               max_volumes: int | None = None, file_format: str | None = None, **kwargs):
     self.seed, self.strict, self.allow_empty_splits, self.max_volumes = seed, strict, allow_empty_splits, max_volumes
+    # ArrayRecord unless asked otherwise (`tfds build` passes None without --file_format): the
+    # format every reader reads, TensorFlow installed or not (records.FILE_FORMATS, docs/data.md).
+    self.file_format = file_format or records.FILE_FORMATS[0]
+    if self.file_format not in records.FILE_FORMATS:
+      raise ValueError(f"file_format={self.file_format!r}: expected one of {', '.join(records.FILE_FORMATS)}")
     self._plan: Plan | None = None
     self.report_bad = True  # log the plan's bad files (the front door prints them itself)
     self._beam = False
     self._converted: dict[str, tuple[str, str, str, int]] = {}  # key -> (split, subject, contrast, slices)
     self._conversion_bad: list[tuple[str, str]] = []
-    super().__init__(**kwargs)
+    super().__init__(file_format=self.file_format, **kwargs)
 
   # -- what a dataset provides ------------------------------------------------------------------
   def _slice_hw(self) -> tuple[int, int]:
@@ -138,7 +143,8 @@ class VolumeBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Finds, checks and splits the input files (once per builder); nothing is written."""
     if self._plan is None:
       sources, bad, notes, settings = self._find_sources(manual_dir)
-      settings = {**settings, "seed": self.seed, "config": self.builder_config.name if self.builder_config else ""}
+      settings = {**settings, "seed": self.seed, "config": self.builder_config.name if self.builder_config else "",
+                  "file_format": self.file_format}
       if self.max_volumes is not None:
         kept, per_split = [], collections.Counter()
         for s in sources:

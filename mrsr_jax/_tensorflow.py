@@ -1,7 +1,7 @@
 """TensorFlow, imported with an install hint when it is missing.
 
-TensorFlow only feeds the data (tf.data, TFDS) and is the `tf` extra of pyproject.toml, not a
-dependency: `tensorflow` and `tensorflow-cpu` install the same `tensorflow` package, so requiring one
+TensorFlow only reads TFRecord datasets (tf.data; ArrayRecord ones are read without it) and is the
+`tf` extra of pyproject.toml, not a dependency: `tensorflow` and `tensorflow-cpu` install the same `tensorflow` package, so requiring one
 would make pip install it over the other one an environment already has (Colab ships `tensorflow`).
 Without an extra nothing brings TensorFlow, and a bare "No module named 'tensorflow'" would not say
 which one to install or how.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import types
 
-INSTALL_HINT = ("TensorFlow is not installed (mrsr_jax reads its datasets with tf.data and TFDS): "
+INSTALL_HINT = ("TensorFlow is not installed (mrsr_jax reads TFRecord datasets with tf.data): "
                 "install the project with its `tf` extra, `pip install -e \".[tf]\"` (the CPU build), "
                 "or `pip install tensorflow`; an environment that ships TensorFlow (Colab) needs neither")
 

@@ -587,19 +587,25 @@ def _same_records(a, b):
 
 
 def test_tfds_load_builds_and_slices(tmp_path, mni2mm, small_ixi):
-  """`tfds.load("ixi/t1", data_dir=..., download_and_prepare_kwargs=...)` after importing the builders;
-  split slicing and the records are TFDS's own, the layout the library reads."""
+  """TFDS's own front doors after importing the builders: `tfds.data_source("ixi/t1", ...)` builds the
+  default ArrayRecord set and reads it (no TensorFlow); `tfds.load` (tf.data) builds and reads a
+  TFRecord set. Split slicing and the records are TFDS's own, the layout the library reads."""
   import data_prep.datasets  # noqa: F401  (registers ixi, fastmri, sample with TFDS)
 
   manual = _three_subjects(tmp_path, mni2mm)
-  out = str(tmp_path / "out")
-  ds, info = tfds.load("ixi/t1", data_dir=out, split="train[:50%]", with_info=True, download_and_prepare_kwargs={
-      "download_config": tfds.download.DownloadConfig(manual_dir=str(manual))})
-  assert info.splits["train"].num_examples == 12 and info.features["image"].shape == (64, 64)
-  half = list(tfds.as_numpy(ds))
-  assert len(half) == 6 and all(ex["image"].dtype == np.float32 and ex["orientation"] == b"RA" for ex in half)
-  lib = records.read_info(os.path.join(out, "ixi", "t1"))
-  assert lib["labels"] == ["ixi/T1"] and lib["splits"]["train"]["num_examples"] == 12
+  prepare = {"download_config": tfds.download.DownloadConfig(manual_dir=str(manual))}
+  for fmt in records.FILE_FORMATS:
+    out = str(tmp_path / fmt)
+    if fmt == "array_record":
+      half = tfds.data_source("ixi/t1", data_dir=out, split="train[:50%]", download_and_prepare_kwargs=prepare)
+      half = [half[i] for i in range(len(half))]
+    else:
+      ds = tfds.load("ixi/t1", data_dir=out, split="train[:50%]", builder_kwargs={"file_format": fmt},
+                     download_and_prepare_kwargs=prepare)
+      half = list(tfds.as_numpy(ds))
+    assert len(half) == 6 and all(ex["image"].dtype == np.float32 and ex["orientation"] == b"RA" for ex in half)
+    lib = records.read_info(os.path.join(out, "ixi", "t1"))
+    assert lib["file_format"] == fmt and lib["labels"] == ["ixi/T1"] and lib["splits"]["train"]["num_examples"] == 12
 
 
 def _has(module):

@@ -1,5 +1,6 @@
 """How the package stands and installs: `mrsr_jax` never imports the offline tool (`data_prep`), and
-TensorFlow is an extra that an environment may already have (Colab), with a clear error without it."""
+TensorFlow is an extra that an environment may already have (Colab), needed only to read TFRecord
+datasets, with a clear error where one is read without it."""
 
 import os
 import pathlib
@@ -16,7 +17,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # Runs in a fresh interpreter (modules this test session already imported would hide an import).
 # `data_prep` sits beside `mrsr_jax` in the checkout, so it is blocked rather than merely absent.
-# First, with TensorFlow blocked too (as if not installed), the data pipeline must fail with the
+# First, with TensorFlow blocked too (as if not installed), the tf.data reader must fail with the
 # install hint; TensorFlow was never imported, so unblocking it afterwards is a clean start.
 _IMPORT_ALL = r"""
 import importlib, pkgutil, sys
@@ -32,11 +33,11 @@ class Block:
 block = Block("data_prep", "tensorflow")
 sys.meta_path.insert(0, block)
 try:
-  import mrsr_jax.data.pipeline
+  import mrsr_jax.data.tf_reader
 except ModuleNotFoundError as e:
   print(f"NO_TF: {type(e).__name__}: {e}")
 else:
-  sys.exit("mrsr_jax.data.pipeline imported with TensorFlow blocked")
+  sys.exit("mrsr_jax.data.tf_reader imported with TensorFlow blocked")
 block.names.discard("tensorflow")
 
 import mrsr_jax
@@ -65,14 +66,28 @@ def test_every_module_imports_without_data_prep_and_names_a_missing_tensorflow()
           "mrsr_jax.data.pipeline", "mrsr_jax.train.loop", "mrsr_jax.train.stage_sr"} <= imported
 
 
-def test_run_without_tensorflow_is_one_line_with_the_fix(monkeypatch, capsys, tmp_path):
+def test_run_on_a_tfrecord_dataset_without_tensorflow_is_one_line_with_the_fixes(monkeypatch, capsys, tmp_path):
+  """Only a TFRecord dataset needs TensorFlow: without it, run.py stops before writing anything, in
+  one line naming the dataset, the install and the ArrayRecord rebuild."""
+  import json
+
   import run
+  version = tmp_path / "data" / "sample" / "1.0.0"   # the dataset info of a TFRecord set, as TFDS writes it
+  version.mkdir(parents=True)
+  (version / "dataset_info.json").write_text(json.dumps({
+      "name": "sample", "version": "1.0.0", "fileFormat": "tfrecord",
+      "splits": [{"name": s, "shardLengths": ["64"]} for s in ("train", "val", "test")]}))
+  (version / "features.json").write_text(json.dumps({"featuresDict": {"features": {"image": {
+      "tensor": {"shape": {"dimensions": ["128", "128"]}}}}}}))
   monkeypatch.setitem(sys.modules, "tensorflow", None)  # `import tensorflow` now fails as if not installed
-  rc = run.main(["run.py", f"--config={ROOT / 'configs' / 'tiny.py'}", f"--workdir={tmp_path / 'w'}"])
-  err = capsys.readouterr().err.strip().splitlines()
+  rc = run.main(["run.py", f"--config={ROOT / 'configs' / 'tiny.py'}", f"--workdir={tmp_path / 'w'}",
+                 f"--config.data_dir={tmp_path / 'data'}"])
+  err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("error:")]
   assert rc == 2
-  assert len(err) == 1 and err[0].startswith("error: TensorFlow is not installed"), err
-  assert not (tmp_path / "w").exists()
+  assert len(err) == 1 and err[0].startswith(f"error: {version}: its records are TFRecord files"), err
+  assert "TensorFlow is not installed" in err[0] and 'pip install -e ".[tf]"' in err[0]
+  assert "`python -m data_prep --dataset=sample" in err[0]
+  assert not (tmp_path / "w" / "config.json").exists() and not (tmp_path / "w" / "vit").exists()
 
 
 def _environment(platform, machine):
@@ -93,7 +108,7 @@ def test_tensorflow_is_an_extra_with_one_build_per_platform(platform, machine, e
   project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
   tf_names = {"tensorflow", "tensorflow-cpu", "tensorflow-gpu", "tf-nightly"}
   assert not {Requirement(r).name for r in project["dependencies"]} & tf_names
-  assert "tensorboard" in {Requirement(r).name for r in project["dependencies"]}  # clu's TensorBoard writer
+  assert "tensorboard" in {Requirement(r).name for r in project["dependencies"]}  # `tensorboard --logdir`
   env = _environment(platform, machine)
   chosen = [Requirement(r).name for r in project["optional-dependencies"]["tf"]
             if Requirement(r).marker is None or Requirement(r).marker.evaluate(env)]

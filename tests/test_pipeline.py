@@ -1,5 +1,6 @@
-"""The tf.data pipeline over a real MR TFDS dataset (the bundled sample): round trip, determinism,
-resume, eval coverage, per-host sharding, orientation, and the errors for what is not prepared."""
+"""The input pipeline over a real MR TFDS dataset (the bundled sample), in both record formats
+(ArrayRecord read by Grain, TFRecord by tf.data): round trip, determinism, resume, eval coverage,
+per-host sharding, orientation, and the errors for what is not prepared or cannot be read."""
 
 from __future__ import annotations
 
@@ -35,12 +36,13 @@ def _pipeline_sources():
   return sources, bad, notes, config
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-  """The sample's TFDS builder on the sources of `_pipeline_sources`, 3 record files per split."""
+@pytest.fixture(scope="module", params=records.FILE_FORMATS)
+def shards(tmp_path_factory, request):
+  """The sample's TFDS builder on the sources of `_pipeline_sources`, 3 record files per split, in
+  each record format (every test using it runs on both readers)."""
   data_dir = str(tmp_path_factory.mktemp("data"))
   tfds.disable_progress_bar()
-  builder = Sample(data_dir=data_dir)
+  builder = Sample(data_dir=data_dir, file_format=request.param)
   builder._plan = Plan(*_pipeline_sources())
   cli.prepare(builder, builder._plan, num_shards=3)
   return os.path.join(data_dir, "sample")
@@ -114,7 +116,8 @@ def _take(ds, n):
 def test_train_batches_shapes_and_determinism(shards):
   kw = dict(global_batch_size=6, crop_size=48, train=True)
   a = _take(pipeline.create_dataset(shards, "train", seed=3, **kw), 12)
-  b = _take(pipeline.create_dataset(shards, "train", seed=3, **kw), 12)
+  # Decoded in the calling thread (Grain's num_threads=0; tf.data ignores it): the same batches.
+  b = _take(pipeline.create_dataset(shards, "train", seed=3, num_threads=0, **kw), 12)
   c = _take(pipeline.create_dataset(shards, "train", seed=4, **kw), 12)
   n_train = pipeline.dataset_info(shards)["splits"]["train"]["num_examples"]
   assert 12 * 6 > n_train  # crosses an epoch boundary: repeat works
@@ -133,6 +136,76 @@ def test_train_batches_shapes_and_determinism(shards):
   # Shuffled: the first batch is not the file order of the first shard.
   stored_first = list(_stored(shards, "train"))[:6]
   assert [(s, int(k)) for s, k in zip(first["subject"], first["slice_index"])] != stored_first
+
+
+def test_each_epoch_is_a_new_order_of_all_the_slices(shards):
+  n = pipeline.dataset_info(shards)["splits"]["train"]["num_examples"]
+  ds = pipeline.create_dataset(shards, "train", global_batch_size=1, crop_size=16, seed=5, train=True,
+                               num_epochs=2)
+  keys = [(str(b["subject"][0]), int(b["slice_index"][0])) for b in pipeline.iterate(ds)]
+  assert len(keys) == 2 * n
+  first, second = keys[:n], keys[n:]
+  assert set(first) == set(second) == set(_stored(shards, "train"))
+  assert first != second
+
+
+def test_the_reader_follows_the_record_format(shards):
+  """ArrayRecord is read by Grain (no TensorFlow), TFRecord by tf.data; both iterate alike."""
+  from mrsr_jax.data import grain_reader
+
+  info = pipeline.dataset_info(shards)
+  files = records.list_shards(shards, "train")
+  assert len(files) == 3 and all(f".{info['file_format']}-" in os.path.basename(f) for f in files)
+  ds = pipeline.create_dataset(shards, "train", global_batch_size=2, crop_size=16, seed=0, train=True)
+  if info["file_format"] == "array_record":
+    assert isinstance(ds, grain_reader.GrainBatches)
+  else:
+    import tensorflow as tf
+    assert isinstance(ds, tf.data.Dataset)
+  batch = next(ds.as_numpy_iterator())
+  assert batch["hr"].shape == (2, 16, 16, 1)
+
+
+def test_tfrecord_without_tensorflow_is_one_error_with_both_fixes(shards, monkeypatch):
+  """Without TensorFlow a TFRecord set cannot be read: the error says so, how to install it, and how
+  to rebuild the set as ArrayRecord."""
+  import sys
+
+  from mrsr_jax._tensorflow import TensorFlowMissingError
+
+  if pipeline.dataset_info(shards)["file_format"] == "array_record":
+    # TFDS caches whether TensorFlow is installed: hiding it in this process would not be faithful.
+    pytest.skip("ArrayRecord without TensorFlow runs in a fresh interpreter: tests/test_no_tensorflow.py")
+  monkeypatch.setitem(sys.modules, "tensorflow", None)   # `import tensorflow` fails as if not installed
+  # As if never imported (a `from mrsr_jax.data import tf_reader` finds the package attribute first).
+  monkeypatch.delitem(sys.modules, "mrsr_jax.data.tf_reader", raising=False)
+  monkeypatch.delattr(sys.modules["mrsr_jax.data"], "tf_reader", raising=False)
+  kw = dict(global_batch_size=2, crop_size=16, seed=0, train=True)
+  with pytest.raises(TensorFlowMissingError) as e:
+    pipeline.create_dataset(shards, "train", **kw)
+  message = str(e.value)
+  assert message.startswith(f"{records.prepared_dir(shards)}: its records are TFRecord files, which only tf.data reads")
+  assert 'pip install -e ".[tf]"' in message
+  assert "rebuild the dataset as ArrayRecord" in message and "`python -m data_prep --dataset=sample" in message
+
+
+def test_data_prep_file_format_flag_and_fingerprint():
+  assert cli.parse_args(["--dataset=sample"]).file_format == "array_record"
+  assert cli.parse_args(["--dataset=sample", "--file_format=tfrecord"]).file_format == "tfrecord"
+  with pytest.raises(SystemExit) as e:
+    cli.parse_args(["--dataset=sample", "--file_format=parquet"])
+  assert e.value.code == 2
+  # The format is part of the input fingerprint: a rerun in the other format rebuilds the set.
+  plans = {}
+  for fmt in records.FILE_FORMATS:
+    builder = Sample(data_dir="/nonexistent-data-dir", file_format=fmt)
+    builder._plan = None
+    builder._find_sources = lambda manual_dir: ([], [], [], {})
+    plans[fmt] = builder.plan(None)
+    assert plans[fmt].settings["file_format"] == fmt
+  assert len({p.settings["fingerprint"] for p in plans.values()}) == 2
+  with pytest.raises(ValueError, match="file_format='parquet': expected one of array_record, tfrecord"):
+    Sample(data_dir="/nonexistent-data-dir", file_format="parquet")
 
 
 def test_random_crop_is_a_crop_of_the_stored_slice(shards):
@@ -170,7 +243,11 @@ def test_per_host_sharding_partitions_the_data(shards):
     for index in range(count):
       # Our count of a host's slices is TFDS's own count of its even split.
       sub = tfds.even_splits("test", count)[index]
-      assert pipeline.host_num_examples(shards, "test", index, count) == len(list(builder.as_dataset(split=sub)))
+      if info["file_format"] == "array_record":
+        stored_count = len(records.data_source(shards, sub))
+      else:
+        stored_count = len(list(builder.as_dataset(split=sub)))
+      assert pipeline.host_num_examples(shards, "test", index, count) == stored_count
       batches, rows = _eval_rows(shards, "test", global_batch_size=4 * count, process_index=index,
                                  process_count=count)
       n_batches.add(len(batches))

@@ -1,9 +1,9 @@
-"""tf.data input pipeline: a prepared TFDS dataset -> per-host batches of HR slices.
+"""The input pipeline: a prepared TFDS dataset -> per-host batches of HR slices.
 
 Only HR slices come out of here. Low-resolution inputs are made from HR on the device
 (`mrsr_jax.data.degrade`), so training, evaluation and prediction share one implementation.
 
-Batches are dicts of numpy-convertible tensors, `b = global_batch_size // process_count` rows each:
+Batches are dicts of numpy-convertible arrays, `b = global_batch_size // process_count` rows each:
   hr               float32 [b, crop, crop, 1]  in [0, 1]
   label            int32 [b]     index into `dataset_info(dir)["labels"]` ("dataset/contrast")
   subject          string [b]    (host-side only: drop it before `sharding.to_global`)
@@ -14,20 +14,25 @@ Batches are dicts of numpy-convertible tensors, `b = global_batch_size // proces
                                  meaningless after a random crop's zero padding only in position)
   mask             bool [b]      False on padding rows (eval's last batch); all True in training
 
-The dataset is read through TFDS (`builder.as_dataset` with a `tfds.ReadConfig`), from its files
-(`records.builder`: no builder code needed). Per-host sharding: reader `process_index` of
-`process_count` reads `tfds.even_splits(split, process_count)[process_index]`, a contiguous range of
-the split's examples (TFDS stores them in a seeded random order, so every range mixes subjects);
-the ranges are disjoint and cover the split. The range depends only on the reader count, so a fixed
-`config.input_readers` gives the same batches whatever the number of processes.
+Two readers, chosen by the dataset's record format (`records.read_info(d)["file_format"]`):
+ArrayRecord (data_prep's default) is read by Grain over TFDS's random-access data source, with no
+TensorFlow (`grain_reader`); TFRecord by tf.data (`tf_reader`), which needs TensorFlow (the `tf`
+extra). Both give the guarantees below; for one seed they give different batches (different
+shuffles and crop generators), so a run resumes on the format it started with.
 
-Training: the reader's record files shuffled per epoch (`shuffle_seed` from `seed`), interleaved,
-slices shuffled in a buffer, repeated (`num_epochs`, None = forever), randomly cropped (zero padded
-first if smaller), batched with the remainder dropped. Every random choice is derived from `seed`,
-and the crop of the i-th slice from (seed, i) with stateless ops, so the same seed gives the same
-batches whatever the parallelism. `start_step` resumes the data position: the first
-`start_step * b` slices are skipped and the crop index keeps counting from there, so batch k of a
-resumed run is batch `start_step + k` of an uninterrupted one.
+Per-host sharding: reader `process_index` of `process_count` reads `tfds.even_splits(split,
+process_count)[process_index]`, a contiguous range of the split's examples (TFDS stores them in a
+seeded random order, so every range mixes subjects); the ranges are disjoint and cover the split. The
+range depends only on the reader count, so a fixed `config.input_readers` gives the same batches
+whatever the number of processes.
+
+Training: the reader's slices shuffled per epoch (ArrayRecord: uniformly over the whole range;
+TFRecord: file order, then a buffer), repeated (`num_epochs`, None = forever), randomly cropped
+(zero padded first if smaller), batched with the remainder dropped. Every random choice is derived
+from `seed`, and the crop of the i-th slice from (seed, i), so the same seed gives the same batches
+whatever the parallelism. `start_step` resumes the data position: batch k of a resumed run is batch
+`start_step + k` of an uninterrupted one (ArrayRecord starts there directly; tf.data reads and drops
+the first `start_step * b` slices).
 
 Evaluation (`train=False`): no shuffle, one pass, centre crop/pad, and the last batch padded with
 `mask=False` rows. Every host yields the same number of batches (needed because each step is a
@@ -42,17 +47,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from mrsr_jax._tensorflow import import_tensorflow
 from mrsr_jax.data import records
-
-tf = import_tensorflow()  # the `tf` extra; a missing one raises with the install hint
-
-# TF must never allocate accelerator memory: JAX owns the GPU. Guarded because it raises once TF
-# has initialised its devices (e.g. when imported after other TF use).
-try:
-  tf.config.set_visible_devices([], "GPU")
-except (RuntimeError, ValueError):
-  pass
 
 DEFAULT_SHUFFLE_BUFFER = 1024
 
@@ -105,20 +100,6 @@ def _local_batch(global_batch_size: int, process_count: int) -> int:
   return global_batch_size // process_count
 
 
-def _crop(image, crop_size: int, seed=None):
-  """[H, W] -> [crop, crop]: zero pad to at least crop (centred), then random or centre crop."""
-  h, w = tf.shape(image)[0], tf.shape(image)[1]
-  ph, pw = tf.maximum(crop_size - h, 0), tf.maximum(crop_size - w, 0)
-  image = tf.pad(image, [[ph // 2, ph - ph // 2], [pw // 2, pw - pw // 2]])
-  h, w = tf.shape(image)[0], tf.shape(image)[1]
-  if seed is None:
-    top, left = (h - crop_size) // 2, (w - crop_size) // 2
-  else:
-    top = tf.random.stateless_uniform([], seed=seed, maxval=h - crop_size + 1, dtype=tf.int32)
-    left = tf.random.stateless_uniform([], seed=seed + [0, 1], maxval=w - crop_size + 1, dtype=tf.int32)
-  return tf.ensure_shape(image[top:top + crop_size, left:left + crop_size], [crop_size, crop_size])
-
-
 def create_dataset(
     dataset_dir: str,
     split: str,
@@ -134,16 +115,22 @@ def create_dataset(
     shuffle_buffer_size: int = DEFAULT_SHUFFLE_BUFFER,
     prefetch: int = 2,
     cache: bool = False,
-) -> tf.data.Dataset:
-  """The per-host batched dataset of `split` (see the module docstring).
+    num_threads: int | None = None,
+):
+  """The per-host batched dataset of `split` (see the module docstring): a `tf.data.Dataset`
+  (TFRecord) or a `grain_reader.GrainBatches` (ArrayRecord). Both have `as_numpy_iterator()`;
+  `iterate()` gives either's batches with the strings as str.
 
   `crop_size=None` keeps the stored slice size (all slices of a shard set share it).
-  `cache=True` keeps this reader's decoded slices in host memory after the first pass (training):
+  `cache=True` keeps this reader's decoded slices in host memory after the first read (training):
   decoding the zlib-compressed slices is ~90% of the pipeline's CPU time (0.5 of 0.55 ms per 240²
   slice, docs/benchmarks.md "Input pipeline"), so from the second epoch on a core delivers ~10x more
-  slices. Costs the reader's range in RAM (4 bytes per pixel: ~0.23 MB per 240² slice), and epochs
-  after the first replay the first epoch's file order (the shuffle buffer still reshuffles). The
-  batches are those of `cache=False` for the first epoch, not after: resume with the same setting.
+  slices. Costs the reader's range in RAM (4 bytes per pixel: ~0.23 MB per 240² slice). ArrayRecord:
+  the batches are those of `cache=False` in every epoch. TFRecord: epochs after the first replay the
+  first epoch's file order (the shuffle buffer still reshuffles), so the batches are those of
+  `cache=False` for the first epoch only: resume with the same setting.
+  `shuffle_buffer_size` is tf.data's (ArrayRecord shuffles the whole range); `num_threads` is Grain's
+  decoding threads (default: one per usable core, at most 16; 0 decodes in the calling thread).
   """
   process_index, process_count = _host(process_index, process_count)
   b = _local_batch(global_batch_size, process_count)
@@ -157,83 +144,38 @@ def create_dataset(
       raise ValueError(f"{info['path']}: crop_size=None needs one square slice shape, have {shapes}")
     crop_size = int(shapes[0][0])
 
-  labels = tf.constant(info["labels"])
-  table = tf.lookup.StaticHashTable(
-      tf.lookup.KeyValueTensorInitializer(labels, tf.range(len(info["labels"]), dtype=tf.int32)), default_value=-1)
+  n = host_num_examples(dataset_dir, split, process_index, process_count)
+  eval_pad = 0 if train else eval_num_batches(dataset_dir, split, global_batch_size, process_count) * b - n
 
-  import tensorflow_datasets as tfds
+  import tensorflow_datasets as tfds  # no TensorFlow: TFDS imports it only for tf.data
 
-  builder = records.builder(dataset_dir)
   subsplit = tfds.even_splits(split, process_count)[process_index]
-  read_config = tfds.ReadConfig(
-      # File order per epoch from the seed; TFDS shuffles its file instructions with it.
-      shuffle_seed=seed, shuffle_reshuffle_each_iteration=True,
-      interleave_cycle_length=16, interleave_block_length=1,
-      # No TFDS-side caching or prefetch: our own shuffle, repeat and prefetch follow.
-      try_autocache=False, skip_prefetch=True, add_tfds_id=False)
-  ds = builder.as_dataset(split=subsplit, shuffle_files=train, read_config=read_config)
-  if cache and train:
-    ds = ds.cache()
-  if train:
-    ds = ds.shuffle(shuffle_buffer_size, seed=seed + 1, reshuffle_each_iteration=True)
-    ds = ds.repeat(num_epochs)
-    # Index before skipping so a resumed run crops its slices exactly as an uninterrupted one.
-    ds = ds.enumerate().skip(start_step * b)
+  common = dict(info=info, local_batch=b, crop_size=crop_size, seed=seed, train=train,
+                start_step=start_step, num_epochs=num_epochs, eval_pad=eval_pad, cache=cache,
+                prefetch=prefetch)
+  if info["file_format"] == "array_record":
+    from mrsr_jax.data import grain_reader
 
-  def parse(index, ex):
-    if train:
-      image = _crop(ex["image"], crop_size, seed=tf.stack([tf.cast(seed, tf.int64), index]))
-    else:
-      image = _crop(ex["image"], crop_size)
-    return {
-        "hr": image[..., None],
-        "label": table.lookup(ex["dataset"] + "/" + ex["contrast"]),
-        "subject": ex["subject"],
-        "slice_index": tf.cast(ex["slice_index"], tf.int32),
-        "intensity_scale": ex["intensity_scale"],
-        "spacing": ex["spacing"],
-        "orientation": ex["orientation"],
-        "mask": tf.constant(True),
-    }
-
-  if train:
-    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(b, drop_remainder=True)
-  else:
-    ds = ds.map(lambda s: parse(None, s), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    n = host_num_examples(dataset_dir, split, process_index, process_count)
-    total = eval_num_batches(dataset_dir, split, global_batch_size, process_count) * b
-    pad = {
-        "hr": tf.zeros([crop_size, crop_size, 1], tf.float32),
-        "label": tf.constant(0, tf.int32),
-        "subject": tf.constant(""),
-        "slice_index": tf.constant(-1, tf.int32),
-        "intensity_scale": tf.constant(1.0, tf.float32),  # 1, not 0: safe to divide by
-        "spacing": tf.zeros([3], tf.float32),
-        "orientation": tf.constant(""),
-        "mask": tf.constant(False),
-    }
-    ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(total - n))
-    ds = ds.batch(b, drop_remainder=True)
-    if start_step:
-      ds = ds.skip(start_step)
-
-  options = tf.data.Options()
-  options.deterministic = True
-  options.experimental_optimization.map_parallelization = True
-  ds = ds.with_options(options)
-  return ds.prefetch(prefetch)
+    return grain_reader.create(dataset_dir, subsplit, num_threads=num_threads, **common)
+  try:
+    from mrsr_jax.data import tf_reader
+  except ModuleNotFoundError as e:
+    if e.name != "tensorflow":
+      raise
+    raise records.tensorflow_missing(info) from None
+  return tf_reader.create(dataset_dir, subsplit, shuffle_buffer_size=shuffle_buffer_size, **common)
 
 
 def _to_numpy(batch: dict[str, Any]) -> dict[str, np.ndarray]:
   out = {k: np.asarray(v) for k, v in batch.items()}
   for key in ("subject", "orientation"):
     if key in out:
-      out[key] = np.asarray([s.decode() for s in out[key].reshape(-1)]).reshape(out[key].shape)
+      out[key] = np.asarray([s.decode() if isinstance(s, bytes) else str(s)
+                             for s in out[key].reshape(-1)]).reshape(out[key].shape)
   return out
 
 
-def iterate(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
-  """numpy batches of `ds`, with `subject` and `orientation` as str."""
+def iterate(ds) -> Iterator[dict[str, np.ndarray]]:
+  """numpy batches of a `create_dataset` result (either reader), with `subject` and `orientation` as str."""
   for batch in ds.as_numpy_iterator():
     yield _to_numpy(batch)

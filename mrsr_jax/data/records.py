@@ -7,8 +7,9 @@ Nothing else should know the feature names. A prepared dataset is TFDS's layout:
   <data_dir>/<dataset>/<config>/<version>/   ixi, fastmri (builder configs: contrasts)
   <data_dir>/<dataset>/<version>/            sample (no configs)
 
-each with TFDS's `dataset_info.json`, `features.json`, the record files (`<name>-<split>.tfrecord-
-NNNNN-of-NNNNN`) and our `metadata.json` (labels, subjects per split, bad files, notes). TFDS renames
+each with TFDS's `dataset_info.json`, `features.json`, the record files (`<name>-<split>.<format>-
+NNNNN-of-NNNNN`, `<format>` one of `FILE_FORMATS`) and our `metadata.json` (labels, subjects per split,
+bad files, notes). TFDS renames
 a version folder into place only once the whole build finished, so a folder named like a version is
 complete; readers never look at TFDS's `incomplete.*` folders.
 
@@ -19,7 +20,8 @@ stored image's row index (axis 0) and column index (axis 1) increase (e.g. "AS":
 columns superior), from the source's affine; "" where the source has no affine (fastMRI .h5).
 
 The library reads prepared datasets from their files (`tfds.builder_from_directory`); it never
-imports `data_prep`.
+imports `data_prep`. ArrayRecord files are read without TensorFlow (`data_source`: TFDS's random-access
+reader); TFRecord files only through tf.data (`builder(...).as_dataset`), so they need TensorFlow.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ import re
 from typing import Any, Mapping
 
 SPLITS = ("train", "test", "val")
+# The record file formats a dataset may be built in (TFDS's names); the first is data_prep's default:
+# ArrayRecord is read with and without TensorFlow, TFRecord only by tf.data (docs/data.md).
+FILE_FORMATS = ("array_record", "tfrecord")
 VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 # The pre-TFDS shard format (mrsr_jax <= 0.1): `<split>-00000-of-00003.tfrecord` + `dataset_info.json`.
 _OLD_SHARD_RE = re.compile(r"^[a-z]+-\d{5}-of-\d{5}\.tfrecord$")
@@ -172,6 +177,18 @@ def builder(dataset_dir: str):
   return tfds.builder_from_directory(prepared_dir(dataset_dir))
 
 
+def data_source(dataset_dir: str, split: str):
+  """TFDS's random-access reader of `split` of an ArrayRecord dataset (`split` as TFDS takes it:
+  "train", or a sub-split of `tfds.even_splits`): `len()`, and `[i]` / `__getitems__` give decoded
+  records (numpy arrays, Python scalars, text as bytes). Needs no TensorFlow."""
+  info = read_info(dataset_dir)
+  if info["file_format"] != "array_record":
+    raise ValueError(f"{info['path']}: its records are {info['file_format']} files, which only tf.data "
+                     f"reads; read it through mrsr_jax.data.pipeline, or rebuild it as ArrayRecord with "
+                     f"{_build_hint(info['path'])}")
+  return builder(dataset_dir).as_data_source(split=split)
+
+
 def _metadata(path: str) -> dict[str, Any]:
   try:
     with open(os.path.join(path, "metadata.json")) as f:
@@ -213,9 +230,14 @@ def read_info(dataset_dir: str) -> dict[str, Any]:
                              "num_volumes": 0, "examples_per_contrast": {}})
   image = feats["featuresDict"]["features"]["image"]["tensor"]
   shape = [int(x) for x in image["shape"]["dimensions"]]
+  # TFDS records the format; sets it wrote before it did so are TFRecord (its only format then).
+  file_format = tfds_info.get("fileFormat") or "tfrecord"
+  if file_format not in FILE_FORMATS:
+    raise ValueError(f"{path}/dataset_info.json: fileFormat {file_format!r} is not one this project "
+                     f"reads ({', '.join(FILE_FORMATS)}); rebuild with {_build_hint(path)}")
   return {
       "name": tfds_info.get("name", ""), "config": tfds_info.get("configName", ""),
-      "version": tfds_info.get("version", ""), "path": path, "splits": splits,
+      "version": tfds_info.get("version", ""), "path": path, "file_format": file_format, "splits": splits,
       "labels": meta.get("labels", []), "contrasts": meta.get("contrasts", []),
       "slice_shapes": [shape], "bad_files": meta.get("bad_files", []), "notes": meta.get("notes", []),
       "settings": meta.get("settings", {}),
@@ -223,13 +245,29 @@ def read_info(dataset_dir: str) -> dict[str, Any]:
 
 
 def check_split(dataset_dir: str, split: str) -> dict[str, Any]:
-  """The dataset info, after checking that `split` exists and has slices (one clear error if not)."""
+  """The dataset info, after checking that `split` exists and has slices, and that this environment
+  can read its records (TFRecord needs TensorFlow); one clear error if not."""
   info = read_info(dataset_dir)
   counts = {k: v["num_examples"] for k, v in info["splits"].items()}
   if not counts.get(split):
     state = "is empty" if split in counts else "does not exist"
     raise ValueError(f"{info['path']}: split '{split}' {state} (slices per split: {counts})")
+  if info["file_format"] == "tfrecord":
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None:
+      raise tensorflow_missing(info)
   return info
+
+
+def tensorflow_missing(info: Mapping[str, Any]):
+  """The error for a TFRecord dataset where TensorFlow is not installed: both ways out."""
+  from mrsr_jax._tensorflow import INSTALL_HINT, TensorFlowMissingError
+
+  return TensorFlowMissingError(
+      f"{info['path']}: its records are TFRecord files, which only tf.data reads. {INSTALL_HINT}; or "
+      f"rebuild the dataset as ArrayRecord, read without TensorFlow: {_build_hint(info['path'])}",
+      name="tensorflow")
 
 
 def list_shards(dataset_dir: str, split: str) -> list[str]:
@@ -245,12 +283,17 @@ def list_shards(dataset_dir: str, split: str) -> list[str]:
 
 def examples(dataset_dir: str, split: str):
   """Every stored record of a split as numpy (strings as str), in storage order: for tests and
-  inspection (`tfds.as_numpy(records.builder(d).as_dataset(split))` is the same, with bytes)."""
+  inspection. ArrayRecord: `data_source(d, split)[i]`, no TensorFlow; TFRecord: through tf.data
+  (`tfds.as_numpy(records.builder(d).as_dataset(split))` is the same, with bytes)."""
   import tensorflow_datasets as tfds
 
-  ds = builder(dataset_dir).as_dataset(split=split, shuffle_files=False,
-                                       read_config=tfds.ReadConfig(interleave_cycle_length=1))
-  for ex in tfds.as_numpy(ds):
+  if read_info(dataset_dir)["file_format"] == "array_record":
+    source = data_source(dataset_dir, split)
+    stored = (source[i] for i in range(len(source)))
+  else:
+    stored = tfds.as_numpy(builder(dataset_dir).as_dataset(
+        split=split, shuffle_files=False, read_config=tfds.ReadConfig(interleave_cycle_length=1)))
+  for ex in stored:
     yield {k: v.decode() if isinstance(v, bytes) else v for k, v in ex.items()}
 
 

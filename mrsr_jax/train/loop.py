@@ -1,7 +1,8 @@
 """The training loop every stage runs: resume, step, log, summarise, checkpoint, stop on NaN.
 
-Hooks follow the flax examples: clu's ReportProgress for steps/s and ETA, a clu metric writer
-(TensorBoard + console, and a JSON-lines copy that the evaluation report plots as Fig. 7), image
+Hooks follow the flax examples: progress (steps/s, ETA) and metric writers with clu's interface
+(`mrsr_jax.train.writers`: TensorBoard + console without TensorFlow, and a JSON-lines copy that the
+evaluation report plots as Fig. 7), image
 summaries every `image_every_steps`, and orbax saves every `checkpoint_every_steps` and at the end.
 Only process 0 writes logs and summaries; every process takes part in checkpointing.
 """
@@ -19,11 +20,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers, periodic_actions
 
 from mrsr_jax import sharding
 from mrsr_jax.data import pipeline, records
-from mrsr_jax.train import checkpoints, step as step_lib
+from mrsr_jax.train import checkpoints, step as step_lib, writers
 from mrsr_jax.train.state import TrainState
 
 
@@ -113,7 +113,7 @@ class Stage(abc.ABC):
     return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in flat.items()}
 
 
-class JsonlWriter(metric_writers.MetricWriter):
+class JsonlWriter(writers.Writer):
   """Scalars as JSON lines (one per step and writer call): the loss-curve source of the evaluation
   report. Each write is flushed, so a killed run keeps every step it logged."""
 
@@ -124,14 +124,6 @@ class JsonlWriter(metric_writers.MetricWriter):
   def write_scalars(self, step, scalars):
     self._f.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n")
     self._f.flush()
-
-  def write_summaries(self, step, values, metadata=None): pass
-  def write_images(self, step, images): pass
-  def write_videos(self, step, videos): pass
-  def write_audios(self, step, audios, *, sample_rate): pass
-  def write_texts(self, step, texts): pass
-  def write_histograms(self, step, arrays, num_buckets=None): pass
-  def write_hparams(self, hparams): pass
 
   def flush(self):
     self._f.flush()
@@ -163,13 +155,15 @@ def truncate_metrics(path: str, last_step: int) -> None:
   os.replace(tmp, path)
 
 
-def make_writer(stage_dir: str, start_step: int = 0) -> metric_writers.MetricWriter:
-  """Process 0's TensorBoard + metrics.jsonl writer for a stage resumed at `start_step`."""
+def make_writer(stage_dir: str, start_step: int = 0) -> writers.Writer:
+  """Process 0's log + TensorBoard + metrics.jsonl writer for a stage resumed at `start_step`
+  (the other processes log only)."""
   if jax.process_index() != 0:
-    return metric_writers.create_default_writer(just_logging=True)
+    return writers.LoggingWriter()
   truncate_metrics(os.path.join(stage_dir, "metrics.jsonl"), start_step)
-  return metric_writers.MultiWriter([
-      metric_writers.create_default_writer(os.path.join(stage_dir, "logs")),
+  return writers.MultiWriter([
+      writers.LoggingWriter(),
+      writers.TensorBoardWriter(os.path.join(stage_dir, "logs")),
       JsonlWriter(os.path.join(stage_dir, "metrics.jsonl")),
   ])
 
@@ -260,8 +254,8 @@ def train_stage(stage: Stage, mesh) -> TrainState:
     writer = make_writer(stage.dir, start)
     if start == 0:
       writer.write_hparams(stage.hparams())
-    progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
-                                               every_steps=config.log_every_steps)
+    progress = writers.Progress(num_train_steps=num_steps, writer=writer,
+                                every_steps=config.log_every_steps)
     meta = {"stage": stage.name, "num_steps": num_steps, "config": config.to_json_best_effort()}
     logging.info("[%s] training steps %d..%d, global batch %d on %d devices (%d per device, %d "
                  "microbatch(es) of %d)", stage.name, start, num_steps, stage.batch_size,
