@@ -13,13 +13,17 @@ median over `--repeats` of each worker's median step time.
 Printed per row: compile / first-call time (tracing + XLA or inductor compile + first run), steady
 ms per step and per slice, images/s, peak memory (host RSS on CPU, with the growth over the RSS after
 imports in brackets; device peak on GPU) and ours/this in images/s (> 1: ours is faster). Under each
-train / infer row: the call's GFLOP (XLA's cost analysis of ours) and each framework's achieved
-GFLOP/s, to set against the machine's attainable rates (`bench/roofline.py`).
+train / infer row: the call's GFLOP (bench/flops.py's count of ours, convolutions and matmuls included
+on every backend) and each framework's achieved GFLOP/s, to set against the machine's attainable rates
+(`bench/roofline.py`).
 
 Train step = one generator and one discriminator update (L1 + adversarial at `--adv_weight`; the
 frozen-feature terms are off so both frameworks run the same networks; `--adv_weight=0`: G alone),
 LR made from the 240² HR batch inside the step (anti-aliased bicubic, 2× and 4×). Ours is the real `SRStage.update` compiled by
 `mrsr_jax.train.step.compile_step`; PyTorch's is `bench/torch_reference.py`.
+
+On a GPU, PyTorch runs channels-last with `cudnn.benchmark` (its fastest kernel per shape) and TF32
+float32 matmuls, as XLA:GPU's default precision; `--dtype=bfloat16` is autocast (AMP) there.
 
 Equal threads (CPU): every worker is pinned to the same `--threads` CPUs (default: all), so XLA's
 thread pool (sized from the CPU affinity) and PyTorch (`torch.set_num_threads`) get the same cores.
@@ -173,6 +177,9 @@ def worker_jax(spec: dict) -> dict:
   config.crop_size = spec["size"]
   config.sr.batch_size = spec["batch"]
   config.sr.loss.update(lambda_vit=0.0, lambda_str=0.0, lambda_tex=0.0, adv_weight=spec["adv_weight"])
+  # Network sizes (bench/gpu_probe.py --tiny shrinks them; the paper's by default).
+  config.sr.model.update(num_blocks=spec.get("num_blocks", 16), features=spec.get("features", 64))
+  config.sr.disc_features = spec.get("disc_features", 64)
   mesh = sharding.make_mesh()
   rng = np.random.default_rng(0)
   b, m, s = spec["batch"], spec["size"], spec["scale"]
@@ -191,7 +198,7 @@ def worker_jax(spec: dict) -> dict:
     def fn():
       holder["state"], metrics = step(holder["state"], batch, key, {})
       return metrics["g_total"]
-    extra["gflop"] = flops(step.lower(state, batch, key, {}))
+    extra["gflop"] = gflop(step.trace(state, batch, key, {}))
   else:
     gen = generator(config)
     lr_shape = (m // s, m // s)
@@ -200,7 +207,7 @@ def worker_jax(spec: dict) -> dict:
     if spec["task"] == "infer":
       lr = sharding.to_global(rng.random((b, *lr_shape, 1), np.float32), mesh)
       apply_jit = jax.jit(apply)
-      extra["gflop"] = flops(apply_jit.lower(lr))
+      extra["gflop"] = gflop(apply_jit.trace(lr))
 
       def fn():
         return apply_jit(lr)
@@ -220,13 +227,15 @@ def worker_jax(spec: dict) -> dict:
           "device": jax_device(), "threads": len(os.sched_getaffinity(0)), **extra}
 
 
-def flops(lowered) -> float | None:
-  """GFLOP per call from XLA's cost analysis of the lowered (unoptimised) computation: the network's
-  multiply-adds counted twice, whatever kernels later run them (PyTorch's same network does the
+def gflop(traced) -> float | None:
+  """GFLOP per call of a traced call (`jax.jit(f).trace(...)`): bench/flops.py's count of its jaxpr for
+  the backend it runs on, a multiply-add counted twice as XLA counts it, whatever kernels later run
+  them (XLA:GPU's own cost analysis leaves out cuDNN's and cuBLAS's; PyTorch's same network does the
   same arithmetic, so one figure serves both frameworks' achieved GFLOP/s)."""
-  cost = lowered.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return cost["flops"] / 1e9 if cost and cost.get("flops") else None
+  sys.path.insert(0, os.path.join(ROOT, "bench"))
+  import flops as flops_lib
+  total = flops_lib.count(traced.jaxpr, platform=flops_lib.default_platform()).flops
+  return total / 1e9 if total else None
 
 
 def worker_torch(spec: dict) -> dict:
@@ -237,17 +246,23 @@ def worker_torch(spec: dict) -> dict:
   import torch_reference as tr
 
   dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+  if dev.type == "cuda":
+    # cuDNN picks its fastest kernels per shape; float32 matmuls on TF32 tensor cores as XLA:GPU's
+    # default precision does (cuDNN's float32 convolutions already are).
+    torch.backends.cudnn.benchmark = spec.get("cudnn_benchmark", True)
+    torch.backends.cuda.matmul.allow_tf32 = True
   dtype = torch.bfloat16 if spec["dtype"] == "bfloat16" else None
   b, m, s = spec["batch"], spec["size"], spec["scale"]
   cl = torch.channels_last
   base_rss, _ = rss_mb()
-  gen = tr.SRGenerator(s).to(dev).to(memory_format=cl)
+  nb, nf = spec.get("num_blocks", 16), spec.get("features", 64)
+  gen = tr.SRGenerator(s, num_blocks=nb, features=nf).to(dev).to(memory_format=cl)
   torch.manual_seed(0)
   hr = torch.rand(b, 1, m, m, device=dev).contiguous(memory_format=cl)
   lr = torch.rand(b, 1, m // s, m // s, device=dev).contiguous(memory_format=cl)
   extra = {}
   if spec["task"] == "train":
-    disc = tr.SRDiscriminator().to(dev).to(memory_format=cl)
+    disc = tr.SRDiscriminator(features=spec.get("disc_features", 64)).to(dev).to(memory_format=cl)
     opt_g = torch.optim.AdamW(gen.parameters(), 1e-4, weight_decay=0.1)
     opt_d = torch.optim.AdamW(disc.parameters(), 1e-4, weight_decay=0.1)
     step = tr.train_step_fn(gen, disc, opt_g, opt_d, s, adv_weight=spec["adv_weight"])
@@ -508,7 +523,7 @@ def main():
     print_rows(row, med, gate=gate, load_note=note)
     gflop = next((m["gflop"] for m in med.values() if m.get("gflop")), None)
     if gflop:
-      print(f"#   {gflop:.0f} GFLOP per call (XLA cost analysis of ours); achieved: " + ", ".join(
+      print(f"#   {gflop:.0f} GFLOP per call (bench/flops.py's count of ours); achieved: " + ", ".join(
           f"{f} {gflop / m['step']:.0f} GFLOP/s" for f, m in med.items()) +
           " (bench/roofline.py: what this machine's kernels reach)", flush=True)
   print(f"# load average at end: {load_average()}")

@@ -25,10 +25,11 @@ What is printed, per stage (GiB = 2^30 bytes):
         the headroom below. (`memory_analysis().peak_memory_in_bytes`, XLA's heap simulation, is not
         used: on XLA:CPU it omits temporaries, e.g. 4 MiB for a step with 4 MiB of arguments and
         4 MiB of temporaries.)
-  FLOPs `compiled.cost_analysis()["flops"]` (a dict in jax 0.10; a list of one dict per module in
-        some older versions, both handled): XLA's HLO cost analysis, a multiply-add counted as 2. It
-        counts the body of a loop once, so an accumulating step's figure is one microbatch's: FLOPs
-        per step come from the unsplit steps of the linear model.
+  FLOPs bench/flops.py's count of the traced step (XLA's pricing, a multiply-add counted as 2,
+        convolutions and matmuls included whatever the backend: XLA:GPU's own cost analysis leaves
+        out what cuDNN and cuBLAS run, 18-120x too low), every microbatch of an accumulating step
+        included, split by component (generator, discriminator, ViT / AE features, optimiser); XLA's
+        cost analysis of the compiled step is kept beside it (`xla_flops`, one microbatch's).
   fixed + per slice   the step compiled at two per-device batch sizes (`--sizes`, default 2 and 4
         slices, no accumulation); peak and FLOPs are linear in the batch (FLOPs exactly), so the two
         give the fixed part (params, optimiser state, frozen extractors, per-step work) and the part
@@ -68,8 +69,11 @@ from typing import Any, Sequence
 from unittest import mock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
+BENCH = os.path.join(ROOT, "bench")
+for _path in (ROOT, BENCH):
+  if _path not in sys.path:
+    sys.path.insert(0, _path)
+import flops as flops_lib  # noqa: E402  (bench/flops.py)
 
 GIB = 2 ** 30
 STAGE_NAMES = ("vit", "ae", "sr")
@@ -91,7 +95,9 @@ H100_PEAK = {"bf16": 989e12, "tf32": 495e12, "fp32": 67e12}
 # -- compiling the real step from shapes ---------------------------------------------------------------
 @dataclasses.dataclass
 class Figures:
-  """One compiled step: XLA's memory figures (bytes) and FLOPs."""
+  """One compiled step: XLA's memory figures (bytes) and FLOPs (bench/flops.py's count of the whole
+  step; `xla_flops`: XLA's cost analysis of the compiled module, `components`: the count per
+  component as plain numbers)."""
   per_device_batch: int
   microbatches: int
   argument: int
@@ -101,6 +107,8 @@ class Figures:
   code: int
   flops: float
   compile_s: float
+  xla_flops: float | None = None
+  components: dict = dataclasses.field(default_factory=dict)
 
   @property
   def peak(self) -> int:
@@ -179,10 +187,12 @@ _COMPILED: dict[str, Any] = {}     # lowered module text hash -> compiled step (
 
 
 def compile_step_from_shapes(stage, per_device_batch: int, *, microbatches: int = 1,
-                             platform: str = "gpu", info: dict | None = None):
+                             platform: str = "gpu", info: dict | None = None,
+                             peak: "flops_lib.Peak | None" = None):
   """(compiled step, Figures): `stage`'s real train step for `per_device_batch` slices on one device
   (split into `microbatches`), compiled from shapes alone, lowered for `platform` ("gpu" or "cpu").
-  The compiled step is what `jax.jit` would run: call it with (state, batch, rng, frozen) arrays."""
+  The compiled step is what `jax.jit` would run: call it with (state, batch, rng, frozen) arrays.
+  With a device `peak`, each component of `Figures.components` also has its roofline bound `bound_s`."""
   import hashlib
   import jax
   import jax.numpy as jnp
@@ -203,8 +213,12 @@ def compile_step_from_shapes(stage, per_device_batch: int, *, microbatches: int 
   else:
     step = step_lib.compile_step(stage.update, mesh)
   t0 = time.perf_counter()
-  lowered = step.trace(state, batch, rng, frozen).lower(
-      lowering_platforms=({"gpu": "cuda", "cpu": "cpu"}[platform],))
+  lowering_platform = {"gpu": "cuda", "cpu": "cpu"}[platform]
+  with flops_lib.named_optimizer():      # labels the optimiser's operations for the count
+    traced = step.trace(state, batch, rng, frozen)
+  count = flops_lib.count(traced.jaxpr, platform=lowering_platform,
+                          labels=flops_lib.STAGE_LABELS.get(stage.name))
+  lowered = traced.lower(lowering_platforms=(lowering_platform,))
   digest = hashlib.sha256(lowered.as_text().encode()).hexdigest()
   if digest not in _COMPILED:
     _COMPILED[digest] = lowered.compile()
@@ -215,7 +229,8 @@ def compile_step_from_shapes(stage, per_device_batch: int, *, microbatches: int 
       per_device_batch=per_device_batch, microbatches=microbatches,
       argument=int(m.argument_size_in_bytes), output=int(m.output_size_in_bytes),
       alias=int(m.alias_size_in_bytes), temp=int(m.temp_size_in_bytes),
-      code=int(m.generated_code_size_in_bytes), flops=cost_flops(compiled), compile_s=seconds)
+      code=int(m.generated_code_size_in_bytes), flops=count.flops, compile_s=seconds,
+      xla_flops=cost_flops(compiled), components=count.summary(peak)["components"])
 
 
 def compile_figures(stage, per_device_batch: int, **kwargs) -> Figures:
@@ -355,9 +370,11 @@ def describe(r: Report) -> str:
   if r.configured is not None:
     k = r.configured.microbatches
     lines.append(f"  configured step: {k} microbatch(es) of {r.per_device_batch // k}: peak "
-                 f"{gib(r.configured.peak)} GiB compiled, {gib(r.peak_estimate(k))} GiB by the linear model"
-                 + ("; its GFLOP are one microbatch's (XLA's cost analysis counts a loop body once)"
-                    if k > 1 else ""))
+                 f"{gib(r.configured.peak)} GiB compiled, {gib(r.peak_estimate(k))} GiB by the linear model")
+    if r.configured.components:
+      lines.append("  configured step's GFLOP by component (bench/flops.py): " + ", ".join(
+          f"{name} {c['flops'] / 1e9:,.1f}" for name, c in
+          sorted(r.configured.components.items(), key=lambda kv: -kv[1]["flops"])))
   fits = ", ".join(f"{g} GB: " + (f"{k} microbatch(es) of {r.per_device_batch // k}" if k else "no split fits")
                    for g, k in r.fits.items())
   lines.append(f"  fits ({r.headroom:.0%} of the card counted usable): {fits}")

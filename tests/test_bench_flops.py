@@ -1,7 +1,8 @@
-"""The FLOP counts behind the benchmarks' GFLOP/s: bench/bench_sr.py divides XLA's cost analysis of the
-lowered call by each framework's time, and bench/roofline.py's convolution rows count FLOPs the same
-way (2 per multiply-add, taps on the zero padding not counted), so a step's achieved rate and the
-kernels' attainable rates can be set against each other."""
+"""The FLOP counts behind the benchmarks' GFLOP/s: bench/bench_sr.py divides bench/flops.py's count of
+the traced call (XLA's pricing; tests/test_flops.py checks it against XLA:CPU) by each framework's time,
+and bench/roofline.py's convolution rows count FLOPs the same way (2 per multiply-add, taps on the zero
+padding not counted), so a step's achieved rate and the kernels' attainable rates can be set against
+each other."""
 
 import importlib.util
 import sys
@@ -28,13 +29,13 @@ bench_sr, roofline = _load("bench_sr"), _load("roofline")
 def test_conv_flops_are_what_xla_cost_analysis_counts(b, h, w, ci, co, k):
   conv = lambda x, kern: lax.conv_general_dilated(x, kern, (1, 1), "SAME",
                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  lowered = jax.jit(conv).lower(jnp.zeros((b, h, w, ci)), jnp.zeros((k, k, ci, co)))
-  gflop = bench_sr.flops(lowered)
+  traced = jax.jit(conv).trace(jnp.zeros((b, h, w, ci)), jnp.zeros((k, k, ci, co)))
+  gflop = bench_sr.gflop(traced)
   assert gflop * 1e9 == pytest.approx(roofline.conv_flops(b, h, w, ci, co, k), rel=1e-9)
   assert gflop * 1e9 < 2.0 * b * h * w * ci * co * k * k      # the padding's taps are not counted
 
 
 def test_matmul_flops_are_two_per_multiply_add():
   n = 64
-  lowered = jax.jit(jnp.dot).lower(jnp.zeros((n, n)), jnp.zeros((n, n)))
-  assert bench_sr.flops(lowered) * 1e9 == pytest.approx(2.0 * n ** 3, rel=1e-9)
+  traced = jax.jit(jnp.dot).trace(jnp.zeros((n, n)), jnp.zeros((n, n)))
+  assert bench_sr.gflop(traced) * 1e9 == pytest.approx(2.0 * n ** 3, rel=1e-9)
