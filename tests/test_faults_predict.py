@@ -15,7 +15,7 @@ import jax
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import ROOT, SHARED_IXI
+from conftest import ROOT
 
 from mrsr_jax import evaluate, predict
 from mrsr_jax.data import degrade
@@ -128,10 +128,9 @@ def test_scaled_integer_input_keeps_its_range(trained, tmp_path, monkeypatch, so
   dropped the slope and clipped to 0..255 (55% of IXI brain voxels at 255), and saturated everything
   above the 99.5th percentile. Now: float32 in scanner units, the range bicubic gives."""
   config, workdir, _ = trained
-  if source == "ixi":
-    if not SHARED_IXI.is_dir():
-      pytest.skip(f"the shared IXI files are not present at {SHARED_IXI}")
-    src = str(sorted(SHARED_IXI.glob("*.nii.gz"))[0])
+  if source == "ixi":   # a real IXI T1 file as the IXI download ships it (bundled with data_prep)
+    from data_prep import sample
+    src = os.path.join(sample.BUNDLED_IXI_DIR, "IXI012-HH-1211-T1.nii.gz")
   else:   # always available: a package volume turned into a scaled-integer file
     src = scaled_uint8(tmp_path / "scanner_uint8.nii.gz")
   assert nib.load(src).get_data_dtype() == np.uint8 and nib.load(src).dataobj.slope > 10
