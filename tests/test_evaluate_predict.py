@@ -27,13 +27,40 @@ def report(trained):
   return evaluate.evaluate(config, workdir)
 
 
+def decoded_png(path):
+  """The PNG's RGB pixels in [0, 1], decoded (a truncated or empty file raises)."""
+  import matplotlib.image
+  return np.asarray(matplotlib.image.imread(path), np.float64)[..., :3]
+
+
 def test_eval_writes_every_file(report, trained):
   _, workdir, _ = trained
   out = os.path.join(workdir, "eval")
-  for name in ("results.md", "results.csv", "results.json", "loss_curves_sr.png",
-               "loss_curves_ae.png", "loss_curves_vit.png"):
+  for name in ("results.md", "results.csv", "results.json"):
     assert os.path.getsize(os.path.join(out, name)) > 0, name
-  assert any(f.startswith("fig2_") and f.endswith(".png") for f in os.listdir(out))
+  dpi = 90   # figures._save
+  for stage in ("sr", "ae", "vit"):
+    # One panel per logged series, four to a row (figures.loss_curves): the figure's pixel size says
+    # how many panels it holds; each has a curve in matplotlib's first colour.
+    with open(os.path.join(workdir, stage, "metrics.jsonl")) as f:
+      keys = {k for r in map(json.loads, f) for k in r if k != "step" and "steps_per_sec" not in k
+              and "uptime" not in k}
+    cols, rows = min(len(keys), 4), -(-len(keys) // 4)
+    png = decoded_png(os.path.join(out, f"loss_curves_{stage}.png"))
+    assert png.shape[:2] == (round(2.6 * rows * dpi), round(3.4 * cols * dpi)), (stage, len(keys))
+    c0 = np.all(np.abs(png - np.asarray([0x1f, 0x77, 0xb4]) / 255) < 0.1, axis=-1)
+    assert c0.sum() > 50 * len(keys), stage
+  figs = [f for f in os.listdir(out) if f.startswith("fig2_") and f.endswith(".png")]
+  assert figs
+  for name in figs:
+    # Fig. 2: HR, bicubic and ours side by side (3 columns), each over its detail, the error map and
+    # its detail (4 rows): MR slices in grey, error maps in colour (inferno), HR's error rows blank.
+    png = decoded_png(os.path.join(out, name))
+    assert png.shape[:2] == (round((2.3 * 4 + 0.6) * dpi), round(2.4 * 3 * dpi)), name
+    spread = png.max(-1) - png.min(-1)
+    grey = (spread < 0.02) & (png.mean(-1) > 0.05) & (png.mean(-1) < 0.95)
+    colour = spread > 0.3
+    assert grey.mean() > 0.05 and colour.mean() > 0.02, (name, grey.mean(), colour.mean())
   saved = json.load(open(os.path.join(out, "results.json")))
   assert saved["rows"]["ours"]["step"] == trained[0].sr.num_steps
   assert set(saved["results"]) == {"bicubic", "ours"}
@@ -180,22 +207,49 @@ def test_predict_with_reference_scores(trained, tmp_path):
                  for k in range(data.shape[2])], axis=-1)
   nib.save(nib.Nifti1Image(lr, predict.upsampled_affine(affine, (0, 1), 1) @ np.diag([s, s, 1, 1])),
            lr_path)
-  res = predict.predict_file(config, workdir, lr_path, str(tmp_path / "out.nii"), reference=hr_path,
-                             slice_axis=2)
-  assert np.isfinite(res["psnr"]) and 0 < res["ssim"] <= 1 and res["nmse"] >= 0
+  out_path = str(tmp_path / "out.nii")
+  res = predict.predict_file(config, workdir, lr_path, out_path, reference=hr_path, slice_axis=2)
+  # The scores are those of the written file against the reference file, recomputed here from the two
+  # files alone in fastMRI's convention (data range = the reference's maximum; PSNR and NMSE over the
+  # volume, SSIM the mean over slices) with numpy and scikit-image, not with mrsr_jax.metrics.
+  from skimage.metrics import structural_similarity
+  got = np.asarray(nib.load(out_path).dataobj, np.float64)
+  hr = np.asarray(nib.load(hr_path).dataobj, np.float64)
+  assert got.shape == hr.shape and not np.array_equal(got, hr)
+  dr = hr.max()
+  mse = np.mean((got - hr) ** 2)
+  np.testing.assert_allclose(res["psnr"], 10 * np.log10(dr ** 2 / mse), rtol=1e-6)
+  np.testing.assert_allclose(res["nmse"], np.sum((got - hr) ** 2) / np.sum(hr ** 2), rtol=1e-6)
+  ssim = np.mean([structural_similarity(hr[..., k], got[..., k], data_range=dr, win_size=7)
+                  for k in range(hr.shape[2])])
+  np.testing.assert_allclose(res["ssim"], ssim, rtol=1e-4)
 
 
-def test_predict_fastmri_h5(trained, tmp_path):
+def test_predict_fastmri_h5(trained, tmp_path, monkeypatch):
   config, workdir, _ = trained
+  s = config.scale
   vol = np.asarray(nib.load(nibabel_anatomical()).dataobj, np.float32)[:32, :40, :6]
   path = str(tmp_path / "file1000001.h5")
   with h5py.File(path, "w") as f:
-    f.create_dataset("reconstruction_esc", data=np.moveaxis(vol, 2, 0))
+    f.create_dataset("reconstruction_esc", data=np.moveaxis(vol, 2, 0))   # fastMRI: [slices, x, y]
     f.attrs["acquisition"] = "CORPD_FBK"
   out = str(tmp_path / "knee.nii.gz")
   predict.predict_file(config, workdir, path, out)
   img = nib.load(out)
-  assert img.shape == (32 * config.scale, 40 * config.scale, 6)
+  assert img.shape == (32 * s, 40 * s, 6)
+  # The stored slices are what is super-resolved, each in place: with bicubic standing in for the
+  # generator the output is each h5 slice's bicubic upsampling, in the file's units (a transposed,
+  # reordered or rescaled read would not be).
+  monkeypatch.setattr(evaluate, "load_generator", lambda cfg, wd, mesh: (
+      lambda lr: degrade.upsample_bicubic(lr, s), {"workdir": wd, "step": 0}))
+  out = str(tmp_path / "knee_bicubic.nii.gz")
+  predict.predict_file(config, workdir, path, out)
+  with h5py.File(path) as f:
+    stored = np.asarray(f["reconstruction_esc"], np.float32)
+  want = np.asarray(degrade.upsample_bicubic(stored[..., None], s))[..., 0]
+  want = np.moveaxis(np.maximum(want, min(0.0, float(stored.min()))), 0, -1)
+  np.testing.assert_allclose(np.asarray(nib.load(out).dataobj, np.float32), want, rtol=1e-5,
+                             atol=1e-5 * float(stored.max()))
 
 
 @pytest.mark.parametrize("kind,message", [
