@@ -97,8 +97,12 @@ def _numbers(table):
           for c, cell in per.items() for k, v in cell.items()}
 
 
+@pytest.mark.slow
 def test_two_process_eval_matches_one_process(trained, tmp_path):
-  """--mode=eval over two processes: each reads half of the test slices (one volume's slices are
+  """Slow (two interpreters, each compiling the eval): multi-process training stays in the default
+  suite (test_two_processes_match_one_process_with_eight_devices).
+
+  --mode=eval over two processes: each reads half of the test slices (one volume's slices are
   spread over both, so its data range needs both processes' maxima), and the report is the one this
   process writes with 8 devices; only process 0 writes it."""
   from mrsr_jax import evaluate

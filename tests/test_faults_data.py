@@ -472,8 +472,12 @@ def _kill_mid_write(argv, marker, nth):
   proc.stderr.close()
 
 
+@pytest.mark.slow
 def test_kill_9_during_data_prep(tmp_path, capsys):
-  """Killed mid-build: a fresh build is never read as complete, a rebuild leaves the old set complete
+  """Slow (two killed interpreters, four builds); in the default suite an interrupted build is never
+  marked complete (test_a_split_emptied_while_converting_is_not_marked_complete) and an interrupted
+  swap is finished by the next run (test_a_swap_killed_between_its_two_renames_is_finished_by_the_next_run).
+  Killed mid-build: a fresh build is never read as complete, a rebuild leaves the old set complete
   and unchanged; each rerun builds the set correctly (same slices as an uninterrupted build)."""
   manual = _copy_good(tmp_path / "IXI", range(4))
   out = tmp_path / "out"

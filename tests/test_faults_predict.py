@@ -573,8 +573,10 @@ def test_malformed_h5_one_error(no_model, tmp_path, case, message):
 
 
 # -- several processes --------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_two_processes_write_the_one_process_output(trained, tmp_path):
-  """2 processes x 4 CPU devices (gloo) give the file one process with 8 devices writes; old predict
+  """Slow (two interpreters, like the eval one); multi-process training stays in the default suite.
+  2 processes x 4 CPU devices (gloo) give the file one process with 8 devices writes; old predict
   died with "Fetching value for jax.Array that spans non-addressable devices"."""
   config, workdir, _ = trained
   assert jax.device_count() == 8
