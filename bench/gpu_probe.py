@@ -360,14 +360,17 @@ def _env() -> dict:
           "device": getattr(dev, "device_kind", str(dev)), "device_count": jax.device_count()}
 
 
-def _peak(spec):
+def _peak(spec, device_kind: str | None = None):
   """The device's datasheet peak (bench/flops.py), or --peak's named one (e.g. to see the roofline of an
-  H200 from a CPU run)."""
-  import jax
+  H200 from a CPU run). `device_kind` given: JAX is not asked (a PyTorch process must not start JAX's
+  GPU client, which would take most of the card's memory)."""
   import flops as flops_lib
   if spec.get("peak"):
     return flops_lib.PEAKS[spec["peak"]]
-  return flops_lib.peak_for(getattr(jax.devices()[0], "device_kind", ""))
+  if device_kind is None:
+    import jax
+    device_kind = getattr(jax.devices()[0], "device_kind", "")
+  return flops_lib.peak_for(device_kind)
 
 
 def _device_peak_gib() -> float | None:
@@ -502,7 +505,8 @@ def compare_item(spec: dict, emit) -> dict:
          "note": f"ok ({wspec['size']}², {wspec['scale']}x)"}
   if framework == "jax":
     res["env"] = _env()
-  peak = _peak(spec)
+  # bench_sr names the device "<type>:<name>", e.g. "cuda:NVIDIA H200" (PyTorch) or "gpu:NVIDIA H200 x1".
+  peak = _peak(spec, str(out.get("device", "")).partition(":")[2])
   if peak:
     res["peak_tflops"] = peak.rate("bf16" if spec["dtype"] == "bfloat16" else "tf32") / 1e12
   return res
