@@ -12,9 +12,9 @@ a fastMRI-format set (`reconstruction_rss` HDF5 files, acquisition CORPD_FBK) of
 resampled in-plane to 320² (the fastMRI builder and configs' crop): what differs between the two for
 the pipeline is the bytes per slice, which this keeps.
 
-Demand: XLA's FLOPs per slice of the real SR train step of `configs/sr_ixi_x4.py` (240²) and
+Demand: FLOPs per slice of the real SR train step of `configs/sr_ixi_x4.py` (240²) and
 `configs/sr_fastmri_x4.py` (320²), all loss terms on (ViT and AE features), from
-`bench/memory.py`'s `analyse` (`compiled.cost_analysis()` at two batch sizes, lowered for a GPU).
+`bench/memory.py`'s `analyse` (bench/flops.py's count at two batch sizes, lowered for a GPU).
 One H100 SXM consumes `utilisation * peak / FLOPs-per-slice` slices/s, peak = 989 TFLOP/s for bf16
 and 495 TFLOP/s for float32 run as TF32 (NVIDIA's dense figures). 4x is the hungrier scale (fewer
 FLOPs per slice than 2x). The cores needed for 8 GPUs follow; a host has 8-16 cores, some of which
