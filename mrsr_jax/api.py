@@ -337,7 +337,7 @@ def super_resolve(config: ml_collections.ConfigDict, source: str | TrainState, l
 
     return np.asarray(_cached(("generate", _config_key(config)), build)(variables, lr), np.float32)
   apply, _ = evaluate_lib.load_generator(config, str(source), mesh or sharding.make_mesh())
-  return np.asarray(jax.jit(apply)(lr), np.float32)
+  return np.asarray(apply(lr), np.float32)   # a predict.Generator: compiled once per config and shape
 
 
 # Compiled helpers by (what, config, ...): a notebook calls them again and again with new values of

@@ -40,17 +40,19 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from mrsr_jax import metrics as metrics_lib
+from mrsr_jax import predict
 from mrsr_jax import sharding
 from mrsr_jax.data import degrade, pipeline, records
 from mrsr_jax.train import checkpoints, loop
-from mrsr_jax.train.stage_sr import SRStage, generator, make_lr, restore_state
+from mrsr_jax.train.stage_sr import SRStage, make_lr, restore_state
 
 METRICS = ("psnr", "ssim", "nmse")
 
 
 # -- restoring generators ---------------------------------------------------------------------------
 def load_generator(config: ml_collections.ConfigDict, workdir: str, mesh) -> tuple[Any, dict]:
-  """(apply function lr -> sr, info) of the SR generator trained in `workdir` (its latest checkpoint)."""
+  """(`predict.Generator`: lr -> sr, info) of the SR generator trained in `workdir` (its latest
+  checkpoint)."""
   stage = SRStage(config, workdir)
   directory = os.path.join(stage.dir, "checkpoints")
   if checkpoints.latest_step(directory) is None:
@@ -63,11 +65,9 @@ def load_generator(config: ml_collections.ConfigDict, workdir: str, mesh) -> tup
                      f"not {config.scale}")
   state, step = restore_state(stage, mesh)
   variables = {"params": state.params["gen"], "batch_stats": state.batch_stats["gen"]}
-  gen = generator(config)
-
-  def apply(lr):
-    return gen.apply(variables, lr.astype(jnp.dtype(config.dtype)), train=False).astype(jnp.float32)
-
+  # The training stage's own generator module (the same code and conv_impl as its train step); the
+  # variables are arguments, so every load of this config shares one executable per shape.
+  apply = predict.Generator(stage.gen, variables, jnp.dtype(config.dtype).name)
   return apply, {"workdir": os.path.abspath(workdir), "step": int(step)}
 
 

@@ -32,11 +32,15 @@ reads the input and runs its share of each batch; process 0 gathers the result a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import tempfile
+import time
+from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import nibabel as nib
 import numpy as np
@@ -234,6 +238,79 @@ def output_image(volume: np.ndarray, header, in_plane: tuple[int, int], scale: i
 
 
 # -- super-resolution ---------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class _ModelApply:
+  """(variables, lr) -> float32 SR of a Flax generator in inference mode. Hashable by value (the
+  module's fields and the dtype): a static argument of the compiled functions below, so every load of
+  a generator with the same config shares their executables."""
+  model: Any
+  dtype: str
+
+  def __call__(self, variables, lr):
+    return self.model.apply(variables, lr.astype(self.dtype), train=False).astype(jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class _FnApply:
+  """(variables, lr) -> fn(lr) for any lr -> sr callable (its variables are its own)."""
+  fn: Callable
+
+  def __call__(self, variables, lr):
+    del variables
+    return self.fn(lr)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _generate(apply, variables, lr):
+  return apply(variables, lr)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Generator:
+  """A generator with its trained variables, called lr [B, N, M, 1] -> float32 sr [B, sN, sM, 1] (what
+  `evaluate.load_generator` returns). The variables are arguments of the compiled function, not
+  constants in it: generators with the same config share one executable per input shape, whichever
+  checkpoint their variables come from, across calls, volumes and loads."""
+  model: Any
+  variables: Any
+  dtype: str = "float32"
+
+  @property
+  def apply(self) -> _ModelApply:
+    return _ModelApply(self.model, jnp.dtype(self.dtype).name)
+
+  def __call__(self, lr):
+    return _generate(self.apply, self.variables, lr)
+
+  def lower(self, lr):
+    return _generate.lower(self.apply, self.variables, lr)
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted(apply_fn: Callable) -> Callable:
+  """`apply_fn` compiled, one jit per callable: a second call or volume finds its executables."""
+  return apply_fn if hasattr(apply_fn, "lower") else jax.jit(apply_fn)
+
+
+def _split(apply_fn) -> tuple[Callable, Any]:
+  """(static (variables, lr) -> sr, variables) of a Generator or of any lr -> sr callable."""
+  if isinstance(apply_fn, Generator):
+    return apply_fn.apply, apply_fn.variables
+  return _FnApply(_jitted(apply_fn)), None
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames="scale")
+def _upsample_batch(apply, variables, raw, unit, floor, *, scale: int):
+  """One batch of slices [B, H, W] in scanner units -> [B, sH, sW] in scanner units, all on device:
+  normalise and clip, the generator, the clipped-off excess through bicubic upsampling, back to
+  scanner units and the floor (see `upsample_volume`). One transfer in and one out per batch."""
+  x = raw[..., None] / unit
+  norm = jnp.clip(x, 0.0, 1.0)
+  # x - norm is exactly 0 inside [0, 1] (the same float32 division as norm's).
+  sr = apply(variables, norm) + degrade.upsample_bicubic(x - norm, scale)
+  return jnp.maximum(sr * unit, floor)[..., 0]
+
+
 def _to_host(x: jax.Array) -> np.ndarray:
   """The whole of a (possibly multi-process) array on this host."""
   if x.is_fully_addressable:
@@ -279,8 +356,9 @@ CPU_SLICES_PER_CALL = 1
 
 def plan_batches(apply_fn, slice_hw: tuple[int, int], n_slices: int, mesh, *,
                  memory_bytes: float | None = None, max_per_device: int | None = None):
-  """(compiled call, batch size) to super-resolve `n_slices` LR slices of `slice_hw` in as few
-  generator calls as memory allows, instead of many small ones.
+  """(call, batch size) to super-resolve `n_slices` LR slices of `slice_hw` in as few generator
+  calls as memory allows, instead of many small ones. `call` is `apply_fn` jitted (one jit per
+  `apply_fn`, so a later plan or volume of the same shapes compiles nothing), compiled for that batch.
 
   One call takes all the slices (rounded up to a multiple of the mesh's devices) if XLA's memory
   figure for it (`compiled.memory_analysis()`: arguments, outputs, temporaries per device) fits
@@ -290,7 +368,7 @@ def plan_batches(apply_fn, slice_hw: tuple[int, int], n_slices: int, mesh, *,
   `max_per_device` slices per device and call (0: no cap); by default no cap on accelerators and
   `CPU_SLICES_PER_CALL` on CPU devices, where small calls are faster per slice.
   """
-  apply_fn = apply_fn if hasattr(apply_fn, "lower") else jax.jit(apply_fn)
+  apply_fn = _jitted(apply_fn)
   n_dev = mesh.devices.size
   if max_per_device is None:
     max_per_device = CPU_SLICES_PER_CALL if mesh.devices.flat[0].platform == "cpu" else 0
@@ -321,16 +399,14 @@ def plan_batches(apply_fn, slice_hw: tuple[int, int], n_slices: int, mesh, *,
   logging.info("predict: %d slices of %s in %d call(s) of %d (XLA's figure %.2f GiB per device for "
                "%d slices; budget %.2f GiB)", n_slices, slice_hw, -(-n_slices // batch), batch,
                (need or 0) / 2**30, first, budget / 2**30)
-  return compiled, batch
+  return apply_fn, batch
 
 
-def super_resolve(apply_fn, slices: np.ndarray, batch_size: int, mesh) -> np.ndarray:
-  """[S, H, W] -> [S, sH, sW] with fixed-shape batches (the last one padded).
-
-  Every process passes the same `slices` and gets the whole result; each device computes only its
-  rows of each batch (taken from `slices` by the sharding's index, so the split is the same for one
-  process as for many).
-  """
+def _batched(call, slices: np.ndarray, batch_size: int, mesh, channel: bool) -> np.ndarray:
+  """`call` over `slices` [S, ...] in fixed-shape batches of `batch_size` (the last one padded with
+  zeros), each sharded over the mesh's devices (taken from `slices` by the sharding's index, so the
+  split is the same for one process as for many); with `channel` a trailing channel axis is added to
+  the input and dropped from the output."""
   n = slices.shape[0]
   data_sharding = sharding.data_sharding(mesh)
   out = []
@@ -339,10 +415,21 @@ def super_resolve(apply_fn, slices: np.ndarray, batch_size: int, mesh) -> np.nda
     pad = batch_size - chunk.shape[0]
     if pad:
       chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-    chunk = np.ascontiguousarray(chunk[..., None])
+    chunk = np.ascontiguousarray(chunk[..., None] if channel else chunk)
     x = jax.make_array_from_callback(chunk.shape, data_sharding, lambda index, c=chunk: c[index])
-    out.append(_to_host(apply_fn(x))[:batch_size - pad, ..., 0])
+    y = _to_host(call(x))[:batch_size - pad]
+    out.append(y[..., 0] if channel else y)
   return np.concatenate(out)
+
+
+def super_resolve(apply_fn, slices: np.ndarray, batch_size: int, mesh) -> np.ndarray:
+  """[S, H, W] -> [S, sH, sW] through `apply_fn` ([B, H, W, 1] -> [B, sH, sW, 1]) with fixed-shape
+  batches (the last one padded).
+
+  Every process passes the same `slices` and gets the whole result; each device computes only its
+  rows of each batch.
+  """
+  return _batched(apply_fn, slices, batch_size, mesh, channel=True)
 
 
 def upsample_volume(apply_fn, data: np.ndarray, axis: int, scale: int, batch_size: int, mesh,
@@ -353,22 +440,29 @@ def upsample_volume(apply_fn, data: np.ndarray, axis: int, scale: int, batch_siz
   generator sees what it was trained on, and whatever the clip to [0, 1] removed comes back through
   the bicubic path, so intensities above the normalisation percentile are not saturated. Negative
   values (interpolation undershoot) are floored at min(0, input minimum).
+
+  The host computes the normalisation's percentile; all the rest runs on the devices in one compiled
+  function per batch (`_upsample_batch`: one transfer in, one out). Its executable, and the plan's
+  (`batch_size` 0), are reused by every later call with the same generator config and shapes:
+  `apply_fn` a `Generator` (as `evaluate.load_generator` returns) or the same callable.
   """
-  slices = np.moveaxis(data, axis, 0)
-  norm, unit = volumes.robust_normalise(slices, name)
-  # Exactly 0 inside [0, 1]: the same float32 division as robust_normalise's.
-  excess = slices / np.float32(unit) - norm
-  if batch_size:
-    generate = jax.jit(apply_fn)
-  else:
-    generate, batch_size = plan_batches(apply_fn, norm.shape[1:], norm.shape[0], mesh)
-  sr = super_resolve(generate, norm, batch_size, mesh)
-  rows = np.flatnonzero(np.any(excess != 0, axis=(1, 2)))
-  if rows.size:
-    bicubic = jax.jit(functools.partial(degrade.upsample_bicubic, scale=scale))
-    sr[rows] += super_resolve(bicubic, excess[rows], batch_size, mesh)
-  out = np.maximum(sr * np.float32(unit), np.float32(min(0.0, float(slices.min()))))
-  return np.moveaxis(out, 0, axis)
+  t0 = time.perf_counter()
+  slices = np.ascontiguousarray(np.moveaxis(np.asarray(data, np.float32), axis, 0))
+  _, unit = volumes.robust_normalise(slices, name)
+  floor = np.float32(min(0.0, float(slices.min())))
+  apply, variables = _split(apply_fn)
+  if not batch_size:
+    _, batch_size = plan_batches(apply_fn, slices.shape[1:], slices.shape[0], mesh)
+  t1 = time.perf_counter()
+  call = functools.partial(_upsample_batch, apply, variables, unit=np.float32(unit), floor=floor,
+                           scale=scale)
+  out = _batched(call, slices, batch_size, mesh, channel=False)
+  t2 = time.perf_counter()
+  result = np.moveaxis(out, 0, axis)
+  logging.info("%s: %d slices in %d call(s) of %d: %.2f s normalising and planning, %.2f s on the "
+               "devices (transfers included)", name, slices.shape[0], -(-slices.shape[0] // batch_size),
+               batch_size, t1 - t0, t2 - t1)
+  return result
 
 
 def predict_file(config: ml_collections.ConfigDict, workdir: str, input_path: str, output_path: str,
