@@ -191,7 +191,7 @@ _ELEMENTWISE = {"add", "add_any", "sub", "mul", "div", "rem", "max", "min", "neg
                 "and", "or", "not", "xor", "shift_left", "shift_right_logical",
                 "shift_right_arithmetic", "convert_element_type", "clamp", "is_finite", "square",
                 "real", "imag", "conj", "complex", "population_count", "reduce_precision",
-                "integer_pow", "copy_p"}
+                "integer_pow"}
 _REDUCE = {"reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_and", "reduce_or",
            "reduce_xor", "argmax", "argmin"}
 _NO_BYTES = {"platform_index"}
