@@ -298,7 +298,7 @@ def render(items: list[dict], results: dict[int, dict], args, wall_s: float) -> 
         _num(r.get("compile_s"), ".1f"), _num(r.get("ms_per_step"), ",.1f"),
         _num(r.get("slices_per_s"), ",.1f"), _num(_div(r.get("flops"), 1e12), ",.3g"),
         _num(r.get("tflops"), ",.3g"), _num(r.get("pct_peak"), ".1f"),
-        _num(_mul(r.get("bound_s"), 1e3), ",.1f"), _num(r.get("predicted_peak_gib"), ".4g"),
+        _num(_mul(r.get("bound_s"), 1e3), ".4g"), _num(r.get("predicted_peak_gib"), ".4g"),
         _num(r.get("measured_peak_gib"), ".4g"), r.get("note", r.get("status", "not run"))]))
   compare = [it for it in items if it["kind"] == "compare"]
   if compare:
