@@ -546,10 +546,8 @@ def volume_item(spec: dict, emit) -> dict:
   gen = generator(config)
   shapes = jax.eval_shape(lambda key: gen.init(key, jnp.zeros((1, *lr_hw, 1), jnp.float32), train=False),
                           jax.random.key(0))
-  variables = _random_like(shapes, mesh, 0)
-
-  def apply(lr):      # as mrsr_jax.evaluate.load_generator's
-    return gen.apply(variables, lr.astype(jnp.dtype(config.dtype)), train=False).astype(jnp.float32)
+  # What mrsr_jax.evaluate.load_generator returns for run.py --mode=predict, at random variables.
+  apply = predict.Generator(gen, _random_like(shapes, mesh, 0), jnp.dtype(config.dtype).name)
 
   volume = (1000.0 * np.random.default_rng(0).random((n, *lr_hw))).astype(np.float32)
   batch = int(config.predict.batch_size)
