@@ -12,13 +12,20 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import tiny_config
+from conftest import tiny_config
 
 # Measured on 2 CPU cores (jax 0.10.2), 300 steps at 2x: +0.87 dB with the test's seed 0, +0.62 to
-# +0.91 dB over seeds 0-5. At the first version's 200 steps one seed in six ended at +0.16 dB (seed
-# 1; one full-suite run gave the same +0.16 dB with seed 0, unexplained), too close to the margin. The code before this test (output
-# conv not zero-initialised, constant learning rate without warm-up) ended at -0.16 dB (200 steps)
-# and failed it; this recipe with a constant rate of 3e-2 and no warm-up ends at -0.01 dB and fails.
+# +0.91 dB over seeds 0-5 (TFRecord / tf.data); +0.79 dB with seed 0 since the sample is ArrayRecord
+# read by Grain (2026-12-04): another example order. The code before this test (output conv not
+# zero-initialised, constant learning rate without warm-up) ended at -0.16 dB (200 steps) and failed
+# it; this recipe with a constant rate of 3e-2 and no warm-up ends at -0.01 dB and fails.
+# The +0.16 dB one full-suite run gave at the first version's 200 steps (seed 0) is what seed 1 gives
+# there: the gain depends on which examples come in which order (seed, reader). Training is
+# deterministic and insensitive to round-off: seed 0 at 200 steps gave +0.686 dB alone, with XLA's
+# default convolutions instead of cpu_conv's Eigen path, and on one core instead of two (identical to
+# 3 decimals; issue 23), and no test changes the seed, the data or JAX's settings. A suite run reads
+# the working tree as it is at each import, so one run while the data pipeline was being edited can
+# have trained on another order. The seed is set here, and the gain printed.
 MARGIN_DB = 0.3
 
 
@@ -27,6 +34,7 @@ def learnt(sample_data_dir, tmp_path_factory):
   from mrsr_jax import evaluate
   from mrsr_jax.train import pipeline
   config = tiny_config(sample_data_dir)
+  config.seed = 0            # the seed the margin was measured with (init, data order, crops)
   config.stages = ("sr",)
   config.crop_size = 32
   config.checkpoint_every_steps = 1000
@@ -52,5 +60,8 @@ def test_short_run_beats_bicubic_on_held_out_real_subjects(learnt):
   cell = ours["sample/T1"]
   assert cell["num_volumes"] >= 1 and cell["num_slices"] >= 32
   gain = cell["psnr"] - bicubic["sample/T1"]["psnr"]
+  ssim_gain = cell["ssim"] - bicubic["sample/T1"]["ssim"]
+  print(f"test_learns: PSNR gain over bicubic {gain:+.3f} dB, SSIM gain {ssim_gain:+.4f} "
+        f"(held-out {cell['num_volumes']} volume(s), {cell['num_slices']} slices)")
   assert gain >= MARGIN_DB, f"PSNR gain over bicubic {gain:+.2f} dB < {MARGIN_DB} dB"
   assert cell["ssim"] > bicubic["sample/T1"]["ssim"]
