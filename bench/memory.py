@@ -5,6 +5,7 @@
   python bench/memory.py --config=configs/sr_ixi_x4.py --stage=sr --config.dtype=bfloat16
   python bench/memory.py --config=configs/sr_ixi_x2.py --stage=sr --platform=cpu   # the CPU's own graph
   python bench/memory.py --table --json=mem.json     # the docs/benchmarks.md table: every paper config
+  python bench/memory.py --config=configs/compare/edsr_ixi_x4.py   # a comparison method (its SR stage)
 
 For each stage this builds the real stage object (`mrsr_jax.train.pipeline.STAGES`) and compiles its
 train step exactly as the loop does (`step.compile_step(stage.update, mesh, ...)`, state donated,
@@ -79,6 +80,8 @@ GIB = 2 ** 30
 STAGE_NAMES = ("vit", "ae", "sr")
 PAPER_CONFIGS = ("configs/sr_ixi_x2.py", "configs/sr_ixi_x4.py",
                  "configs/sr_fastmri_x2.py", "configs/sr_fastmri_x4.py")
+# The comparison methods of Tables 1-2 at their published sizes (SR stage only); --table covers them.
+COMPARE_CONFIGS = tuple(f"configs/compare/{m}_ixi_x4.py" for m in ("srcnn", "vdsr", "edsr", "rdn"))
 
 # Training-set sizes (slices) of the paper's runs, for stage lengths and costs where no prepared
 # dataset is at hand. IXI (4): 500 volumes x 96 slices = 48,000 per contrast, and our data_prep puts
@@ -463,7 +466,8 @@ def _define_flags(fv):
   from ml_collections import config_flags
   config_flags.DEFINE_config_file("config", None, "Config file (a get_config() python file).",
                                   flag_values=fv, lock_config=True)
-  flags.DEFINE_enum("stage", "all", ["all", *STAGE_NAMES], "Which stage's step.", flag_values=fv)
+  flags.DEFINE_enum("stage", "all", ["all", *STAGE_NAMES], "Which stage's step (all: every stage "
+                    "the config trains).", flag_values=fv)
   flags.DEFINE_integer("devices", 1, "Devices sharing the global batch (per-device batch = "
                        "batch_size / devices).", lower_bound=1, flag_values=fv)
   flags.DEFINE_list("sizes", ["2", "4"], "Two per-device batch sizes for the linear model.",
@@ -477,7 +481,8 @@ def _define_flags(fv):
                     flag_values=fv)
   flags.DEFINE_integer("train_slices", None, "Training-set size for stage lengths (default: the "
                        "prepared dataset's, else the paper's).", lower_bound=1, flag_values=fv)
-  flags.DEFINE_bool("table", False, "Every paper config x stage (ignores --config).", flag_values=fv)
+  flags.DEFINE_bool("table", False, "Every paper and comparison config x stage (ignores --config).",
+                    flag_values=fv)
   flags.DEFINE_string("json", None, "Also write the reports as JSON here.", flag_values=fv)
   flags.DEFINE_string("from_json", None, "Print the --table tables from a --json file of an earlier "
                       "--table run instead of compiling.", flag_values=fv)
@@ -542,7 +547,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       print(run_cli.error_line(e), file=sys.stderr)
       return 2
     table = fv.table or loaded is not None
-    paths = PAPER_CONFIGS if fv.table else sorted({r.config for r in loaded}) if loaded else [spec]
+    paths = (PAPER_CONFIGS + COMPARE_CONFIGS if fv.table else sorted({r.config for r in loaded}) if loaded
+             else [spec])
     try:
       configs = {p: (fv.config if p == spec and not table else
                      load_named_config(p if os.path.isabs(p) else os.path.join(ROOT, p)))
@@ -554,8 +560,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         config_check.validate(config, num_devices=fv.devices, num_processes=1)
       reports = loaded or []
       if loaded is None:
-        stages = STAGE_NAMES if fv.stage == "all" else (fv.stage,)
         for path, config in configs.items():
+          # "all": every stage the config trains (a comparison config trains the SR stage only).
+          stages = [s for s in STAGE_NAMES if s in config.stages] if fv.stage == "all" else (fv.stage,)
           for name in stages:
             r = analyse(config, name, config_name=path, devices=fv.devices, sizes=sizes,
                         platform=fv.platform, budgets_gb=budgets, headroom=fv.headroom,

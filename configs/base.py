@@ -75,6 +75,10 @@ def get_config() -> ml_collections.ConfigDict:
   # paper_deviations.md); residual=False is SRGAN's plain generator.
   # norm: "batch" (SRGAN's BatchNorm, App. E) or "none" (EDSR's blocks); see paper_deviations.md.
   config.sr.model = ml_collections.ConfigDict(dict(num_blocks=16, features=64, residual=True, norm="batch"))
+  # Which generator `sr.model` configures: "srgan" (the paper's, above) or a comparison method of its
+  # Tables 1-2, "srcnn" / "vdsr" / "edsr" / "rdn" (mrsr_jax/models/; configs/compare/ has each at its
+  # published size, with `sr.model` replaced by that network's fields).
+  config.sr.arch = "srgan"
   config.sr.disc_features = 64
   config.sr.batch_size = 256
   config.sr.num_steps = 18_750          # 100 x 48,000 / 256 (see ae.num_steps)
@@ -99,6 +103,7 @@ def get_config() -> ml_collections.ConfigDict:
       lambda_str=1.0,        # lambda_2
       lambda_tex=0.9,        # lambda_3
       pixel_weight=1.0,      # L1 to HR; Eq. 9 has none (DESIGN.md). 0 gives the paper-exact loss.
+      pixel="l1",            # the pixel term: "l1" (mean absolute error) or "mse" (mean squared error).
       feature_target="lr",   # compare features of y with those of x (paper) or of the HR slice ("hr").
   ))
 

@@ -394,7 +394,8 @@ def loss_breakdown(config: ml_collections.ConfigDict, batch: Mapping[str, Any], 
                      f"them; load them with load_feature_extractors(config, workdir)")
   # Weight 1 for every term we have inputs for: `sr_generator_loss` then returns all of them unweighted.
   every = {"adv_weight": 1.0, "pixel_weight": 1.0, "lambda_vit": float("vit" in which),
-           "lambda_str": float("z_s" in which), "lambda_tex": float("z_t" in which)}
+           "lambda_str": float("z_s" in which), "lambda_tex": float("z_t" in which),
+           "pixel": config.sr.loss.get("pixel", "l1")}     # the pixel term's form (L1 or MSE)
   hr = jnp.asarray(batch["hr"], jnp.float32)
   sr = None if sr is None else jnp.asarray(sr, jnp.float32)
   if sr is not None and sr.shape != hr.shape:

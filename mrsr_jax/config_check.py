@@ -13,6 +13,7 @@ mismatch raises `ConfigMismatchError` naming every differing field, before anyth
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -182,15 +183,14 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
     _real(config, "ae.w_adv")
     _real(config, "ae.w_swap")
   if "sr" in stages:
-    _int(config, "sr.model.num_blocks", min_value=1)
-    _int(config, "sr.model.features", min_value=1)
-    _choice(config, "sr.model.residual", (False, True))
-    if "norm" in config.sr.model:
-      _choice(config, "sr.model.norm", ("batch", "none"))
+    _sr_model(config)
     _int(config, "sr.disc_features", min_value=1)
     for weight in ("adv_weight", "lambda_vit", "lambda_str", "lambda_tex", "pixel_weight"):
       _real(config, f"sr.loss.{weight}")
     _choice(config, "sr.loss.feature_target", ("lr", "hr"))
+    if "pixel" in config.sr.loss:     # absent in configs older than the MSE form: L1
+      from mrsr_jax import losses
+      _choice(config, "sr.loss.pixel", tuple(losses.PIXEL_LOSSES))
     # G / D plumbing and the AE's frame (paper_deviations.md); absent in configs older than them.
     if "ae_frame" in config.sr.loss:
       _choice(config, "sr.loss.ae_frame", ("ae", "sr"))
@@ -212,6 +212,32 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
       _fail("sr.features_workdir", config.sr.features_workdir, "must be a path (or '' for this workdir)")
   if "vit" in stages:
     warn_unpretrained_vit(config)
+
+
+def _sr_model(config) -> None:
+  """`sr.arch` and the `sr.model` fields of that generator (mrsr_jax/models/), each by its kind: a
+  size >= 1 (int), a scale factor > 0 (float), a switch (bool); plus the choices some fields have."""
+  from mrsr_jax import models
+  arch = config.sr.get("arch", "srgan")      # absent in configs older than the comparison networks
+  models.check_arch(arch)
+  models.check_model_fields(arch, config.sr.model)
+  for name, default in models.model_fields(arch).items():
+    field = f"sr.model.{name}"
+    if name not in config.sr.model:
+      continue                                 # the generator's default
+    if name == "channels":
+      _choice(config, field, (1,))             # the MR slices are single-channel
+    elif name == "norm":
+      _choice(config, field, ("batch", "none"))
+    elif isinstance(default, bool):
+      _choice(config, field, (False, True))
+    elif isinstance(default, int):
+      _int(config, field, min_value=2 if (arch, name) == ("vdsr", "num_layers") else 1)
+    elif isinstance(default, float):
+      _real(config, field, low=0.0, low_open=True)
+  if config.sr.get("remat", False) and "remat" not in {
+      f.name for f in dataclasses.fields(models.GENERATORS[arch])}:
+    _fail("sr.remat", True, f"the {arch!r} generator (sr.arch) has no blocks to rematerialise")
 
 
 # UNETR's ViT-B/16 (App. B): the ViT whose pretrained MONAI weights `vit.init_checkpoint` loads.
@@ -292,7 +318,7 @@ def differences(recorded: Mapping[str, Any], asked: Mapping[str, Any], fields: I
   """'sr.model.features: 64 in the workdir, 16 asked' for each of `fields` that differs."""
   out = []
   for f in sorted(set(fields)):
-    a, b = recorded.get(f, _ABSENT), asked.get(f, _ABSENT)
+    a, b = recorded.get(f, IMPLIED.get(f, _ABSENT)), asked.get(f, IMPLIED.get(f, _ABSENT))
     if a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)):
       continue
     out.append(f"{f}: {'absent' if a is _ABSENT else _show(a)} {where}, "
@@ -301,6 +327,11 @@ def differences(recorded: Mapping[str, Any], asked: Mapping[str, Any], fields: I
 
 
 _ABSENT = object()
+
+# Fields added after workdirs were written, and the value their absence meant (what the code did
+# before them): a workdir trained before `sr.arch` existed trained the "srgan" generator with an L1
+# pixel term, so resuming it with the defaults is no change.
+IMPLIED = {"sr.arch": "srgan", "sr.loss.pixel": "l1"}
 
 
 def read_config_json(path: str) -> dict[str, Any]:

@@ -7,7 +7,7 @@
   (D's side)             `discriminator_loss` (the logistic loss the adversarial terms are the other half of)
   Eq. 7        L_str, L_tex  `cosine_loss` on structure / texture codes
   Eq. 8        L_ViT     `cosine_loss` on ViT feature vectors
-  Eq. 9 / 21   L_SR      `sr_generator_loss` (+ a `pixel_weight` L1 term, see docs/paper_deviations.md)
+  Eq. 9 / 21   L_SR      `sr_generator_loss` (+ a `pixel_weight` `l1` or `mse` term, paper_deviations.md)
   Tables 1-2   ablations `TABLE_ABLATIONS` (the rows are only weight settings)
 
 Nothing here knows about networks or parameters: callers run the models and hand in images, logits and
@@ -55,6 +55,31 @@ def l1(x: jax.Array, y: jax.Array) -> jax.Array:
   if x.shape != y.shape:
     raise ValueError(f"l1: shapes differ: {x.shape} vs {y.shape}")
   return jnp.mean(jnp.abs(x - y))
+
+
+def mse(x: jax.Array, y: jax.Array) -> jax.Array:
+  """Mean squared difference: the pixel term of L_SR when `pixel="mse"` (SRCNN's and VDSR's loss)."""
+  x, y = _f32(x), _f32(y)
+  if x.shape != y.shape:
+    raise ValueError(f"mse: shapes differ: {x.shape} vs {y.shape}")
+  return jnp.mean(jnp.square(x - y))
+
+
+# The pixel term's forms (`sr.loss.pixel`): L1 (ours, EDSR's, RDN's) or the mean squared error.
+PIXEL_LOSSES = {"l1": l1, "mse": mse}
+
+
+def pixel_loss(weights: Any):
+  """The pixel-term function `weights` (`sr.loss`) names in its `pixel` field; "l1" when absent."""
+  if weights is None:
+    form = "l1"
+  elif isinstance(weights, Mapping) or hasattr(weights, "get"):
+    form = weights.get("pixel", "l1")
+  else:
+    form = getattr(weights, "pixel", "l1")
+  if form not in PIXEL_LOSSES:
+    raise ValueError(f"sr.loss.pixel = {form!r}: must be one of {', '.join(repr(k) for k in PIXEL_LOSSES)}")
+  return PIXEL_LOSSES[form]
 
 
 def generator_adv_loss(fake_logits: jax.Array) -> jax.Array:
@@ -162,11 +187,12 @@ def sr_generator_loss(
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """L_SR of Eq. 9 for the SR generator, plus our pixel term:
 
-    L = adv_weight L_adv + lambda_vit L_ViT + lambda_str L_str + lambda_tex L_tex + pixel_weight L1(sr, hr)
+    L = adv_weight L_adv + lambda_vit L_ViT + lambda_str L_str + lambda_tex L_tex + pixel_weight P(sr, hr)
 
   L_adv is Eq. 9's (Eq. 21) non-saturating -log D(y) on D's logits for the SR images y; L_ViT (Eq. 8)
   and L_str, L_tex (Eq. 7) are cosine losses between features of y and of the target; the L1 to HR
-  is not in Eq. 9 (DESIGN.md adds it, `pixel_weight=0` gives the paper's loss exactly).
+  is not in Eq. 9 (DESIGN.md adds it, `pixel_weight=0` gives the paper's loss exactly). P is the L1
+  (`pixel="l1"`, the default) or the mean squared error (`pixel="mse"`, as SRCNN and VDSR train).
 
   Which target: the caller decides and passes its features as `feats_target`. With
   `feature_target="lr"` (the paper: features of the LR input x, bicubic-upsampled to M x M before the
@@ -189,7 +215,8 @@ def sr_generator_loss(
     feats_sr: features of y: `vit` `[B, K]` (f_ViT), `z_s` `[B, h, w, c]`, `z_t` `[B, T]`.
     feats_target: the same keys, features of the target (see above).
     weights: Mapping / ConfigDict / object with `adv_weight`, `lambda_vit`, `lambda_str`,
-      `lambda_tex`, `pixel_weight`; a missing field takes `SR_WEIGHT_DEFAULTS` (1, 1, 1, 0.9, 1).
+      `lambda_tex`, `pixel_weight`; a missing field takes `SR_WEIGHT_DEFAULTS` (1, 1, 1, 0.9, 1);
+      and `pixel`, the pixel term's form ("l1" when absent).
 
   Returns:
     (total, breakdown): float32 scalars; breakdown has each computed term unweighted (`adv`, `vit`,
@@ -223,6 +250,7 @@ def sr_generator_loss(
   add("vit", _weight(weights, "lambda_vit"), feature("vit"))
   add("str", _weight(weights, "lambda_str"), feature("z_s"))
   add("tex", _weight(weights, "lambda_tex"), feature("z_t"))
-  add("pixel", _weight(weights, "pixel_weight"), lambda: l1(sr, hr))
+  pixel = pixel_loss(weights)
+  add("pixel", _weight(weights, "pixel_weight"), lambda: pixel(sr, hr))
   terms["total"] = total
   return total, terms

@@ -11,6 +11,7 @@ optimiser and never differentiated.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from typing import Callable, Mapping
@@ -22,16 +23,32 @@ from absl import logging
 
 from mrsr_jax import features, losses
 from mrsr_jax.data import degrade
+from mrsr_jax import models
 from mrsr_jax.models import srgan
 from mrsr_jax.train import checkpoints, loop
 from mrsr_jax.train.state import TrainState, make_optimizer
 
 
-def generator(config) -> srgan.SRGenerator:
-  # The platform's convolutions, fixed here for every trace of the model (srgan.backend_conv_impl).
-  return srgan.SRGenerator(scale=config.scale, dtype=jnp.dtype(config.dtype),
-                           remat=bool(config.sr.get("remat", False)), conv_impl=srgan.backend_conv_impl(),
-                           **config.sr.model)
+def generator(config):
+  """The SR generator of `config.sr.arch` ("srgan", the paper's, when absent: configs older than the
+  comparison networks) built from `config.sr.model`, at `config.scale` and `config.dtype`."""
+  arch = config.sr.get("arch", "srgan")
+  cls = models.check_arch(arch)
+  fields = dict(config.sr.model)
+  models.check_model_fields(arch, fields)
+  kwargs = {}
+  if bool(config.sr.get("remat", False)):
+    def has_remat(c):
+      return any(f.name == "remat" for f in dataclasses.fields(c))
+    if not has_remat(cls):
+      with_remat = [a for a, c in models.GENERATORS.items() if has_remat(c)]
+      raise ValueError(f"config.sr.remat = True: the {arch!r} generator (config.sr.arch) has no blocks "
+                       f"to rematerialise (these have: {', '.join(with_remat)}); set it to False")
+    kwargs["remat"] = True
+  if any(f.name == "conv_impl" for f in dataclasses.fields(cls)):
+    # The platform's convolutions, fixed here for every trace of the model (srgan.backend_conv_impl).
+    kwargs["conv_impl"] = srgan.backend_conv_impl()
+  return cls(scale=config.scale, dtype=jnp.dtype(config.dtype), **fields, **kwargs)
 
 
 def make_lr(config, hr: jax.Array) -> jax.Array:
