@@ -361,6 +361,8 @@ def test_compare_configs_are_the_paper_sr_config_with_the_method(arch):
   for field in ("batch_size", "num_steps", "num_epochs", "learning_rate", "lr_schedule", "warmup_steps",
                 "weight_decay", "b1", "b2", "lr_mix"):
     assert config.sr[field] == paper.sr[field], field
+  # Memory only (bench/memory.py: RDN's dense blocks need smaller microbatches on an 80 GB card).
+  assert config.sr.microbatch_per_device == (32 if arch == "rdn" else paper.sr.microbatch_per_device)
   assert importlib.import_module(f"configs.compare.{arch}_ixi_x4").get_config("t2").contrast == "t2"
   # The paper-size generator builds from it (shapes only).
   gen = stage_sr.generator(config)

@@ -13,4 +13,8 @@ from configs import compare
 
 
 def get_config(contrast: str = ""):
-  return compare.method_config("rdn", contrast)
+  # RDN keeps 1.28 GiB per 240^2 slice for the backward pass (bench/memory.py, lowered for a GPU:
+  # D x C concatenated feature maps at the LR size), so the paper config's microbatches of 64 would
+  # need ~82 GiB: microbatches of 32 (~41 GiB) fit an 80 GB card. EDSR (0.57 GiB per slice), VDSR
+  # (0.55) and SRCNN (0.07) keep the paper config's 64.
+  return compare.method_config("rdn", contrast, microbatch_per_device=32)
