@@ -1,4 +1,4 @@
-"""The notebook API: its loss breakdown is Eq. 9 as `losses.sr_generator_loss` computes it, a user loss
+"""The notebook API: its loss breakdown is Eq. 9 (each term recomputed in numpy), a user loss
 term trains through the SR step, and examples/loss_experiments.ipynb runs top to bottom."""
 
 import json
@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, assert_trees_equal
 
-from mrsr_jax import api, features, losses
+from mrsr_jax import api, features
 from mrsr_jax.data import degrade
 from mrsr_jax.models import srgan
 from mrsr_jax.train import checkpoints
@@ -82,8 +82,20 @@ def test_loss_breakdown_equals_sr_generator_loss_by_hand(trained):
   feats_sr = features.extract(config, frozen, sr, which)
   target = degrade.upsample_bicubic(lr, config.scale) if config.sr.loss.feature_target == "lr" else hr
   feats_lr = features.extract(config, frozen, target, which)
-  total, terms = losses.sr_generator_loss(sr=sr, hr=hr, fake_logits=logits, feats_sr=feats_sr,
-                                          feats_target=feats_lr, weights=config.sr.loss)
+  # Each term of Eq. 9 in float64 numpy, not through mrsr_jax.losses (the code under test):
+  # L_adv = mean -log sigmoid(D(y)), the feature terms 1 - cosine per item, the pixel term L1.
+  f64 = lambda x: np.asarray(x, np.float64)
+
+  def cosine(a, b):
+    a, b = f64(a).reshape(len(a), -1), f64(b).reshape(len(b), -1)
+    return float(np.mean(1 - np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
+
+  terms = {"adv": float(np.mean(np.logaddexp(0.0, -f64(logits)))),
+           "vit": cosine(feats_sr["vit"], feats_lr["vit"]), "str": cosine(feats_sr["z_s"], feats_lr["z_s"]),
+           "tex": cosine(feats_sr["z_t"], feats_lr["z_t"]), "pixel": float(np.mean(np.abs(f64(sr) - f64(hr))))}
+  w = config.sr.loss
+  total = (w.adv_weight * terms["adv"] + w.lambda_vit * terms["vit"] + w.lambda_str * terms["str"]
+           + w.lambda_tex * terms["tex"] + w.pixel_weight * terms["pixel"])
   edge = float(edge_loss(sr=sr, hr=hr))
   assert set(got.terms) == {"adv", "vit", "str", "tex", "pixel", "edge"}
   for name in ("adv", "vit", "str", "tex", "pixel"):
@@ -142,11 +154,41 @@ def test_custom_loss_term_trains_through_the_sr_step(trained, tmp_path):
   assert max(float(np.max(np.abs(a - b))) for a, b in zip(mine, theirs)) > 1e-4
 
 
+# -- the notebook's helpers, in-process (the notebook itself runs under the slow marker) ----------------
+def test_notebook_helpers_on_the_trained_run(trained, tmp_path):
+  """init_networks, count_params, plot_curves, show_images and compare_runs as the notebook calls them:
+  fresh states are the loop's initialisation, curves have one panel per loss term, and compare_runs'
+  PSNRs are those of its images (recomputed in numpy: per image, the image's maximum as range)."""
+  import matplotlib.pyplot as plt
+  config, workdir, states = trained
+  fresh = api.init_networks(config, stages=("sr",))["sr"]
+  assert api.count_params(fresh) == api.count_params(states["sr"]) == sum(
+      np.size(x) for x in jax.tree.leaves(states["sr"].params)) > 0
+  assert_trees_equal(jax.tree.map(np.shape, fresh.params), jax.tree.map(np.shape, states["sr"].params))
+  with pytest.raises(ValueError, match=r"unknown stage\(s\) \['gan'\]"):
+    api.init_networks(config, stages=("gan",))
+  fig = api.plot_curves({"trained": workdir}, keys=["g_total", "g_pixel"], path=str(tmp_path / "c.png"))
+  assert [ax.get_title() for ax in fig.axes if ax.lines] == ["g_total", "g_pixel"]
+  steps, values = fig.axes[0].lines[0].get_data()
+  np.testing.assert_allclose(values, api.read_curves(workdir)["sr/g_total"][1])
+  assert (tmp_path / "c.png").stat().st_size > 1000
+  batch = api.get_batch(config)
+  fig, psnr = api.compare_runs(config, batch, {"trained": workdir}, path=str(tmp_path / "cmp.png"))
+  hr = np.asarray(batch["hr"], np.float64)[..., 0]
+  for name, image in (("bicubic", batch["bicubic"]),
+                      ("trained", api.super_resolve(config, workdir, batch["lr"]))):
+    pred = np.asarray(image, np.float64)[..., 0]
+    mse = np.mean((pred - hr) ** 2, axis=(1, 2))
+    want = np.mean(10 * np.log10(hr.max(axis=(1, 2)) ** 2 / mse))
+    assert psnr[name] == pytest.approx(want, rel=1e-4), name
+  # The figure's first row: LR, bicubic, the run and HR, each titled with its name.
+  assert [ax.get_title().split("\n")[0] for ax in fig.axes[:4]] == ["LR (nearest)", "bicubic", "trained", "HR"]
+  plt.close("all")
+
+
 # -- the notebook -----------------------------------------------------------------------------------
-def test_notebook_runs_top_to_bottom(sample_data_dir, tmp_path, monkeypatch):
+def test_notebook_is_stored_with_its_outputs_and_opens_in_colab():
   nbformat = pytest.importorskip("nbformat")
-  nbclient = pytest.importorskip("nbclient")
-  pytest.importorskip("ipykernel")
   nb = nbformat.read(NOTEBOOK, as_version=4)
   # Stored executed at demo settings, so a reader on a code host sees its figures and tables without
   # running it; kept small (PNG at a modest dpi).
@@ -160,6 +202,15 @@ def test_notebook_runs_top_to_bottom(sample_data_dir, tmp_path, monkeypatch):
   assert 'if "google.colab" in sys.modules:' in first.source and "colab_setup.py" in first.source
   assert "colab.research.google.com" in nb.cells[0].source
 
+
+@pytest.mark.slow
+def test_notebook_runs_top_to_bottom(sample_data_dir, tmp_path, monkeypatch):
+  """Slow (a kernel that trains eight tiny runs: ~4 min on a loaded 2-core machine); the API calls it
+  makes are tested in-process above, and the stored notebook's outputs in the default suite."""
+  nbformat = pytest.importorskip("nbformat")
+  nbclient = pytest.importorskip("nbclient")
+  pytest.importorskip("ipykernel")
+  nb = nbformat.read(NOTEBOOK, as_version=4)
   workdir = tmp_path / "runs"
   # The kernel is a fresh process that sees the repository as an installed package would, one CPU
   # device (a Colab-like runtime), tiny networks and a few steps. With 2 steps per run it compiles far
