@@ -268,9 +268,10 @@ def _step(arch):
   return _STEPS[arch]
 
 
-# A full SR-step compile each (~10 s CPU): SRCNN (an MSE arch) and EDSR (an L1 arch, also the
-# checkpoint test's) in the quick run, VDSR and RDN with -m slow.
-@pytest.mark.parametrize("arch", ["srcnn", pytest.param("vdsr", marks=pytest.mark.slow), "edsr",
+# A full SR-step compile each (~10-20 s CPU): EDSR (also the checkpoint and api tests') in the quick
+# run, the others with -m slow (the MSE form is also checked through api.loss_breakdown below).
+@pytest.mark.parametrize("arch", [pytest.param("srcnn", marks=pytest.mark.slow),
+                                  pytest.param("vdsr", marks=pytest.mark.slow), "edsr",
                                   pytest.param("rdn", marks=pytest.mark.slow)])
 def test_one_sr_step_per_arch_with_its_papers_pixel_loss(arch):
   """Built from config.sr.arch by the SR stage; a residual generator starts at bicubic, so the step's
@@ -289,6 +290,18 @@ def test_one_sr_step_per_arch_with_its_papers_pixel_loss(arch):
   assert any(jax.tree.leaves(moved))
   for a, b in zip(jax.tree.leaves(before.params["disc"]), jax.tree.leaves(after.params["disc"])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_api_loss_breakdown_reports_the_configs_pixel_form():
+  """`api.loss_breakdown` computes the pixel term in the config's form (L1 or MSE)."""
+  from mrsr_jax import api
+  config, hr, _, state, _ = _step("edsr")
+  bic = np.asarray(degrade.upsample_bicubic(jnp.asarray(hr[:, ::2, ::2]), 2))
+  for form, want in (("mse", np.mean((bic - hr) ** 2)), ("l1", np.mean(np.abs(bic - hr)))):
+    cfg = config.copy_and_resolve_references()
+    cfg.sr.loss.pixel = form
+    out = api.loss_breakdown(cfg, {"hr": hr}, {}, state, sr=bic)
+    np.testing.assert_allclose(out.terms["pixel"], want, rtol=1e-5)
 
 
 def test_unknown_arch_and_field_are_one_error_each():
@@ -398,3 +411,27 @@ def test_checkpoint_of_a_comparison_network_loads_for_evaluation(tmp_path):
   # The config a workdir records (config.json, as evaluate's ablation rows read it) builds it too.
   recorded = ml_collections.ConfigDict(config_check.as_json_tree(config))
   assert isinstance(stage_sr.generator(recorded), models.EDSR)
+
+
+@pytest.mark.slow   # trains the SR stage (4 steps), then a whole evaluation and a prediction (~1 min CPU)
+def test_a_comparison_network_trains_evaluates_and_predicts(sample_data_dir, tmp_path):
+  """run.py's three modes end to end for a non-srgan arch (RDN, tiny): train (SR stage only, pixel
+  loss alone), the evaluation report (its 'ours' row is RDN) and a NIfTI prediction."""
+  import nibabel as nib
+  from mrsr_jax import predict
+  from mrsr_jax.train import pipeline
+  config = _config("rdn")
+  config.data_dir = sample_data_dir
+  workdir = str(tmp_path / "rdn")
+  states = pipeline.train(config, workdir)
+  assert set(states) == {"sr"} and int(states["sr"].step) == config.sr.num_steps
+  report = evaluate.evaluate(config, workdir)
+  ours = report["robustness"][config.degradation]["ours"]
+  assert ours and all(np.isfinite(v["psnr"]) for v in ours.values())
+  src = os.path.join(os.path.dirname(nib.__file__), "tests", "data", "anatomical.nii")
+  out = str(tmp_path / "sr.nii.gz")
+  predict.predict_file(config, workdir, src, out)
+  a, b = nib.load(src), nib.load(out)
+  in_plane = [i for i in range(3) if b.shape[i] != a.shape[i]]
+  assert len(in_plane) == 2 and all(b.shape[i] == config.scale * a.shape[i] for i in in_plane)
+  assert np.isfinite(np.asarray(b.dataobj)).all()
