@@ -342,6 +342,18 @@ def test_field_values_and_remat_checked_per_arch():
     stage_sr.generator(config)
 
 
+def test_workdirs_older_than_sr_arch_resume_as_srgan_with_l1():
+  """A workdir recorded before `sr.arch` / `sr.loss.pixel` existed trained the srgan generator with an
+  L1 pixel term: resuming it with those values is no change, with others it is one."""
+  recorded = {"sr.model.features": 8}
+  fields = ("sr.arch", "sr.loss.pixel", "sr.model.features")
+  same = {"sr.arch": "srgan", "sr.loss.pixel": "l1", "sr.model.features": 8}
+  assert config_check.differences(recorded, same, fields) == []
+  other = {**same, "sr.arch": "edsr", "sr.loss.pixel": "mse"}
+  assert config_check.differences(recorded, other, fields) == [
+      "sr.arch: 'srgan' in the workdir, 'edsr' asked", "sr.loss.pixel: 'l1' in the workdir, 'mse' asked"]
+
+
 @pytest.mark.slow   # two gradient compiles per arch (~15 s CPU each)
 @pytest.mark.parametrize("arch", ("edsr", "rdn"))
 def test_remat_same_outputs_and_gradients(arch):
