@@ -152,6 +152,15 @@ def test_every_paper_step_fits_80gb(config_name, stage):
   _fits_80gb(config_name, stage)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["srcnn", "vdsr", "edsr", "rdn"])
+def test_every_comparison_step_fits_80gb(method):
+  """The comparison methods' paper-size configs (configs/compare/, SR stage only) fit one 80 GB card
+  at the paper's batch 256 with their configured microbatches (RDN's are smaller for it)."""
+  assert method in memory.COMPARE_CONFIGS[("srcnn", "vdsr", "edsr", "rdn").index(method)]
+  _fits_80gb(f"compare/{method}_ixi_x4", "sr")
+
+
 @pytest.mark.parametrize("name, slices, steps", [
     ("sr_ixi_x4", 144_000, (20_000, 300_000, 18_750)),   # three IXI contrasts pooled: not 3x the paper
     ("sr_ixi_x2", 48_000, (20_000, 300_000, 18_750)),    # one contrast: the paper's 100 epochs
