@@ -124,6 +124,12 @@ def get_config() -> ml_collections.ConfigDict:
     config[stage].microbatch_per_device = 0
     config[stage].remat = False
 
+  # Comparison networks of the paper's Tables 1-2 ("srcnn", "vdsr", "edsr", "rdn"; mrsr_jax/baselines.py)
+  # trained after the stages, each in <workdir>/baselines/<arch>/ on the SR stage's data, LR models,
+  # schedule and budget with its paper's pixel loss alone, and scored as rows of --mode=eval's report.
+  config.baselines = ()
+  config.baselines_size = "paper"       # "paper" (the published networks) or "reduced" (CPU-sized)
+
   # Evaluation (--mode=eval) and prediction (--mode=predict).
   config.eval = ml_collections.ConfigDict()
   config.eval.split = "test"

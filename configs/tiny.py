@@ -26,6 +26,7 @@ def get_config():
   config.sr.loss = base.get_config().sr.loss
   config.sr.lr_schedule = "constant"
   config.sr.warmup_steps = 0
+  config.baselines = ()   # tests that train a baseline name it (tests/test_baselines.py)
   config.eval.size = 64
   config.eval.batch_size = 8
   return config

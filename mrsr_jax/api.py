@@ -512,6 +512,7 @@ def train_sr(config: ml_collections.ConfigDict, workdir: str, *, features_workdi
     config = with_loss(config, loss)
   config = config.copy_and_resolve_references()
   config.sr.features_workdir = str(features_workdir)
+  config.baselines = ()      # only the SR GAN: a config's comparison networks are `train`'s
   if num_steps is not None:
     config.sr.num_steps = int(num_steps)
   return train(config, workdir, stages=("sr",), extra_losses=extra_losses, restart=restart,

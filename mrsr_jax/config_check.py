@@ -35,6 +35,7 @@ RESUMABLE = (
     "ae.num_steps", "ae.num_epochs",
     "sr.num_steps", "sr.num_epochs",
     "eval", "predict",             # used after training only
+    "baselines", "baselines_size", # comparison networks: their own workdirs (<workdir>/baselines/<arch>)
     # How a step is computed in memory, not what it computes: they follow the hardware (docs/distributed.md).
     "vit.microbatch_per_device", "ae.microbatch_per_device", "sr.microbatch_per_device",
     "vit.remat", "ae.remat", "sr.remat",

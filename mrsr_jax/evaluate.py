@@ -39,6 +39,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from mrsr_jax import baselines
 from mrsr_jax import metrics as metrics_lib
 from mrsr_jax import predict
 from mrsr_jax import sharding
@@ -262,6 +263,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> dict
   for name, other in config.eval.ablation_workdirs:
     cfg = workdir_config(other, config)
     rows[name], row_info[name] = load_generator(cfg, other, mesh)
+  # The comparison networks the run trained beside ours (config.baselines; mrsr_jax/baselines.py).
+  for arch in config.get("baselines", ()):
+    rows[arch], row_info[arch] = load_generator(baselines.config_for(config, arch),
+                                                baselines.workdir_for(workdir, arch), mesh)
 
   vol_max, vol_slices, vol_label, vol_view = _scan_split(config, split, labels)
   if not vol_max:

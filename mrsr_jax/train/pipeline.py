@@ -11,7 +11,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from mrsr_jax import config_check, sharding
+from mrsr_jax import baselines, config_check, sharding
 from mrsr_jax.data import records
 from mrsr_jax.train import loop
 from mrsr_jax.train.stage_ae import AEStage
@@ -26,6 +26,7 @@ def validate(config: ml_collections.ConfigDict, mesh=None) -> None:
   checked before the first one trains), or on a missing or empty prepared training split."""
   mesh = mesh or sharding.make_mesh()
   config_check.validate(config, num_devices=mesh.devices.size, num_processes=jax.process_count())
+  baselines.check(config)
   records.check_split(loop.dataset_dir(config), "train")   # not prepared / empty: fail now, clearly
   if "vit" in config.stages:
     num_pretext_classes(config)    # a 'classify' pretext on a one-label set: fail now, not train nothing
@@ -74,4 +75,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, mesh=None, *,
     stage = (SRStage(config, workdir, extra_losses) if name == "sr"
              else STAGES[name](config, workdir))
     states[name] = loop.train_stage(stage, mesh)
+  # The comparison networks of the run's report (config.baselines), each an SR stage of its own in
+  # <workdir>/baselines/<arch>/, resumed or skipped like the stages above; they go with the SR stage
+  # (an invocation that trains only the ViT and the AE trains none).
+  for arch in (config.get("baselines", ()) if "sr" in config.stages else ()):
+    logging.info("=== baseline %s ===", arch)
+    states[f"baseline_{arch}"] = train(baselines.config_for(config, arch), baselines.workdir_for(workdir, arch),
+                                       mesh)["sr"]
   return states
