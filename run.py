@@ -72,6 +72,9 @@ def error_line(e: BaseException) -> str:
     msg = f"{e.filename}: {e.strerror}"
   else:
     msg = str(e) or type(e).__name__
+  # One line whatever the message quotes (a flag value with a newline or another control character
+  # would split it or redraw the terminal): control characters are shown escaped.
+  msg = "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in msg)
   return f"error: {msg}"
 
 

@@ -48,6 +48,11 @@ def _choose(workdir: str) -> str | None:
     logging.info("JAX compilation cache: off (jax_enable_compilation_cache is False)")
     return None
   path = jax.config.jax_compilation_cache_dir or os.path.join(workdir, DIRNAME)
+  if not os.path.isdir(workdir):
+    # A new workdir: JAX makes the cache folder at its first compile, which comes after the config
+    # and the data are checked, so a run refused at start leaves no workdir behind (docs/faults.md).
+    logging.info("JAX compilation cache: %s", path)
+    return path
   try:
     os.makedirs(path, exist_ok=True)
   except OSError as e:   # e.g. a read-only workdir at predict time: compile as without a cache

@@ -81,7 +81,7 @@ def test_bicubic_row_equals_independent_computation(report, trained):
   for b in ds.as_numpy_iterator():
     for img, lab, subj, m in zip(b["hr"], b["label"], b["subject"], b["mask"]):
       if m:
-        vols.setdefault((labels[int(lab)], subj.decode()), []).append(img[..., 0])
+        vols.setdefault((labels[int(lab)], subj.decode() if isinstance(subj, bytes) else str(subj)), []).append(img[..., 0])
   assert report["lr_models"] == list(evaluate.lr_models(config))
   for method in report["lr_models"]:
     per_label = {}

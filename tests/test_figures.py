@@ -243,7 +243,7 @@ def test_eval_report_panels_use_the_volume_orientation_and_extent(trained, monke
           b["orientation"] = np.asarray([replace if m else b"" for m in b["mask"]], object)
         for img, subj, m in zip(b["hr"], b["subject"], b["mask"]):
           if m:
-            extent.setdefault(subj.decode(), []).append(img[..., 0])
+            extent.setdefault(subj.decode() if isinstance(subj, bytes) else str(subj), []).append(img[..., 0])
         yield b
     return batches
 

@@ -333,7 +333,7 @@ def _data_prep_strict(tmp_path, capsys, case):
     bad = [l for l in err.splitlines() if l.startswith("bad input: ")]
     assert expected == "refused" and rc == 1 and len(bad) == 1 and bad[0].startswith(f"bad input: {src}: "), (
         what, rc, err)
-    assert not (data_dir / "ixi").exists() or not any((data_dir / "ixi").rglob("*.tfrecord*")), what
+    assert not (data_dir / "ixi").exists() or not any(p for pat in ("*.tfrecord*", "*.array_record*") for p in (data_dir / "ixi").rglob(pat)), what
 
 
 test_data_prep_strict_on_fuzzed_nifti, test_data_prep_strict_thousands = fuzzed(
