@@ -159,9 +159,19 @@ def _abstract_sources(info: dict):
     yield
 
 
-def make_stage(config, name: str, info: dict):
+def make_stage(config, name: str, info: dict, platform: str | None = None):
+  """The stage `name` of `config`, its models built for `platform` ("gpu" / "cpu"; default: this
+  host's backend). The models fix their convolution code when built (`srgan.backend_conv_impl`), so a
+  step meant to be lowered for a GPU must be built for one, or it would carry XLA:CPU's kernels."""
+  from unittest import mock
+
+  from mrsr_jax.models import srgan
   from mrsr_jax.train import pipeline
   config = config.copy_and_resolve_references()
+  if platform is not None:
+    impl = srgan.backend_conv_impl({"gpu": "cuda"}.get(platform, platform))
+    with mock.patch.object(srgan, "backend_conv_impl", lambda platform=None: impl):
+      return make_stage(config, name, info)
   if name == "vit":
     config.vit.init_checkpoint = ""    # the same shapes; the tool reads no weights
   from absl import logging
@@ -305,7 +315,7 @@ def analyse(config, name: str, *, config_name: str = "", devices: int = 1,
             configured: bool = True, train_slices: int | None = None, log=print) -> Report:
   import jax
   info = synthetic_info(config, train_slices)
-  stage = make_stage(config, name, info)
+  stage = make_stage(config, name, info, platform)
   global_batch = stage.batch_size
   if global_batch % devices:
     raise ValueError(f"{name}.batch_size {global_batch} is not divisible by --devices={devices}")
@@ -341,7 +351,7 @@ def configured_figures(config, name: str, *, devices: int = 1, platform: str = "
   """The step the loop would compile for `name` on `devices` devices (the config's per-device batch
   and microbatches, dtype, remat), per device, lowered for `platform`: one compile, no linear model."""
   info = synthetic_info(config, train_slices)
-  stage = make_stage(config, name, info)
+  stage = make_stage(config, name, info, platform)
   if stage.batch_size % devices:
     raise ValueError(f"{name}.batch_size {stage.batch_size} is not divisible by --devices={devices}")
   return compile_figures(stage, stage.batch_size // devices,

@@ -202,3 +202,15 @@ def test_bad_input_is_one_line(argv, message, capsys, monkeypatch):
   assert memory.main(["memory.py", *argv]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_stage_built_for_the_platform_it_is_lowered_for():
+  """--platform=gpu on a CPU host builds the models for a GPU: XLA's convolutions, not cpu_conv's
+  (the models fix their convolution code when built, from the backend unless told)."""
+  from mrsr_jax import api
+  config = api.load_config("tiny")
+  info = memory.synthetic_info(config, 64)
+  gpu = memory.make_stage(config, "sr", info, "gpu")
+  assert (gpu.gen.conv_impl, gpu.disc.conv_impl) == ("xla", "xla")
+  cpu = memory.make_stage(config, "sr", info, "cpu")
+  assert (cpu.gen.conv_impl, cpu.disc.conv_impl) == ("cpu", "cpu")
