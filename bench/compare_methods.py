@@ -228,7 +228,7 @@ def report(results: dict) -> str:
         out += [f"### {subject} ({which} of split seed {split}; mean ± std over seeds)", "", *lines, ""]
 
     # The choice, on the val subjects only.
-    val = [(split, s["val"]) for split, s in results["subjects"].items()]
+    val = [(split, s["val"]) for split, s in results["subjects"].items() if "val" in s]
     ranked = []
     for r in trained:
       g = [np.mean(_gains(results, split, scale, r, subj, m)) for split, subj in val for m in lr_models
@@ -269,6 +269,14 @@ def write_report(out_dir: str, results: dict) -> str:
   return text
 
 
+def _note_load(results: dict) -> None:
+  """meta.load_note: the 1-min load average the runs ended under (min / mean / max)."""
+  loads = [i["load"][0] for by_scale in results["info"].values() for by_m in by_scale.values()
+           for by_seed in by_m.values() for i in by_seed.values()]
+  if loads:
+    results["meta"]["load_note"] = f"min {min(loads):.1f} / mean {np.mean(loads):.1f} / max {max(loads):.1f}"
+
+
 # -- merging studies run in parallel ----------------------------------------------------------------
 def _deep_merge(a: dict, b: dict) -> dict:
   out = dict(a)
@@ -297,10 +305,7 @@ def merge(paths: list[str]) -> dict:
     meta["started"] = min(meta["started"], s["meta"]["started"])
     meta["command"] += " ; " + s["meta"]["command"]
     merged["meta"] = meta
-  loads = [i["load"][0] for by_scale in merged["info"].values() for by_m in by_scale.values()
-           for by_seed in by_m.values() for i in by_seed.values()]
-  if loads:
-    merged["meta"]["load_note"] = f"min {min(loads):.1f} / mean {np.mean(loads):.1f} / max {max(loads):.1f}"
+  _note_load(merged)
   # Rows in METHODS order, whatever order the studies named them in.
   merged["meta"]["methods"] = {m: merged["meta"]["methods"][m] for m in METHODS if m in merged["meta"]["methods"]}
   return merged
@@ -399,10 +404,7 @@ def main(argv=None) -> int:
 
   def save():
     meta["wall_s"] = round(wall0 + time.time() - t_start, 1)
-    loads = [i["load"][0] for by_scale in results["info"].values() for by_m in by_scale.values()
-             for by_seed in by_m.values() for i in by_seed.values()]
-    if loads:
-      meta["load_note"] = f"min {min(loads):.1f} / mean {np.mean(loads):.1f} / max {max(loads):.1f}"
+    _note_load(results)
     write_report(args.out, results)
 
   # Data, held-out volumes, bicubic and the feature extractors of every split first.
