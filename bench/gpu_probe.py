@@ -295,7 +295,7 @@ def render(items: list[dict], results: dict[int, dict], args, wall_s: float) -> 
     batch = f"{r['global_batch']} ({k} x {r['global_batch'] // k})" if r.get("global_batch") else "–"
     lines.append(_row([
         os.path.basename(it["config"]), it["stage"], it["dtype"], batch,
-        _num(r.get("compile_s"), ".1f"), _num(r.get("ms_per_step"), ",.1f"),
+        _num(r.get("compile_s"), ".1f"), _num(r.get("ms_per_step"), ",.4g"),
         _num(r.get("slices_per_s"), ",.1f"), _num(_div(r.get("flops"), 1e12), ",.3g"),
         _num(r.get("tflops"), ",.3g"), _num(r.get("pct_peak"), ".1f"),
         _num(_mul(r.get("bound_s"), 1e3), ".4g"), _num(r.get("predicted_peak_gib"), ".4g"),
