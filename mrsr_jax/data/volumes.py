@@ -101,7 +101,7 @@ def load_nifti(source: str | bytes, name: str | None = None, *, frames: bool = F
     # Casting complex data to float32 would drop the imaginary part; RGB would fail as "corrupt".
     raise BadInputError(name, f"unsupported voxel type {dtype} (a real-valued scalar image is needed)")
   shape = img.shape
-  dataobj = img.dataobj
+  take = None                          # the 4D frame to read, sliced inside the try below
   if len(shape) == 4 and (shape[3] == 1 or frames):
     if shape[3] == 1:
       frame = 0
@@ -109,15 +109,14 @@ def load_nifti(source: str | bytes, name: str | None = None, *, frames: bool = F
       raise BadInputError(name, f"a 4D volume {shape}; choose a frame with --frame=N (0..{shape[3] - 1})")
     elif not 0 <= frame < shape[3]:
       raise BadInputError(name, f"--frame={frame} outside 0..{shape[3] - 1}")
-    dataobj = (img.dataobj, frame)   # sliced below, inside the try: slicing a proxy reads the file
+    take = frame
   elif len(shape) != 3:
     what = "a 3D volume (or 4D with --frame)" if frames else "a 3D volume"
     raise BadInputError(name, f"wrong number of dimensions: expected {what}, got shape {tuple(shape)}")
   try:
     # The proxy applies scl_slope / scl_inter: integer scanner files come back in scanner units.
-    if isinstance(dataobj, tuple):
-      proxy, frame = dataobj
-      dataobj = proxy[..., frame]
+    # Slicing the proxy reads the file, so a 4D frame is taken here too.
+    dataobj = img.dataobj if take is None else img.dataobj[..., take]
     data = np.asarray(dataobj, dtype=np.float32)
   except Exception as e:  # EOFError, zlib.error, ValueError("buffer too small") ...
     raise BadInputError(name, f"truncated or corrupt image data ({_why(e)})") from e
