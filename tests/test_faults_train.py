@@ -304,6 +304,17 @@ def test_paper_config_contrast_argument(capsys, tmp_path):
   assert not (tmp_path / "w").exists()
 
 
+def test_a_contrast_the_dataset_does_not_have_is_named(capsys, tmp_path, tiny_cli):
+  """`--config.contrast=0` on the sample (one set, no builder configs): one line naming
+  config.contrast and why, not "no prepared dataset; build it with --dataset=sample/0" (a command
+  data_prep refuses; found by the config fuzzer), before the workdir is made."""
+  rc, lines = cli(capsys, *tiny_cli, f"--workdir={tmp_path}/w", "--config.contrast=0")
+  assert rc == 2 and len(lines) == 1, lines
+  assert re.search(r"sample/0: config.contrast='0', but sample has no builder configs \(contrasts\): it "
+                   r"is one set, prepared in .*sample; read it with config.contrast=''", lines[0]), lines[0]
+  assert not (tmp_path / "w").exists()
+
+
 def test_classify_pretext_on_a_one_label_set_stops_before_training(capsys, tmp_path, tiny_cli, monkeypatch):
   """vit.pretext='classify' on a set of one dataset/contrast label (one IXI contrast, as the paper
   configs now train) would train nothing (cross-entropy 0 for one class): one line, before the workdir

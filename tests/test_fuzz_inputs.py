@@ -26,7 +26,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from conftest import ROOT
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
@@ -41,15 +41,19 @@ from mrsr_jax.data import volumes
 set_hypothesis_home_dir(os.path.join(tempfile.gettempdir(), "mrsr_jax_hypothesis"))
 
 
-def fuzzed(default: int, slow: int, **strategies):
+def fuzzed(default: int, slow: int, examples=(), **strategies):
   """Two tests of one property: `default` derandomized examples (the same every run) in the default
-  suite, and `slow` of them under the slow marker."""
+  suite, and `slow` of them under the slow marker; both also run `examples` (dicts of the strategies'
+  arguments: cases the fuzzer once found, kept as they were)."""
   def make(fn):
     def one(n):
+      test = given(**strategies)(fn)
+      for kwargs in reversed(examples):
+        test = example(**kwargs)(test)
       # No "explain" phase: it re-runs failing examples under coverage, minutes on this suite's cases.
       return settings(max_examples=n, derandomize=True, deadline=None, database=None,
                       phases=[Phase.explicit, Phase.generate, Phase.shrink],
-                      suppress_health_check=list(HealthCheck))(given(**strategies)(fn))
+                      suppress_health_check=list(HealthCheck))(test)
     return one(default), pytest.mark.slow(one(slow))
   return make
 
@@ -185,6 +189,25 @@ def _nifti_property(tmp_path, case, frame):
 
 test_nifti_read_as_nibabel_or_refused_in_one_line, test_nifti_read_thousands = fuzzed(
     60, 3000, case=nifti_files(), frame=st.sampled_from([None, None, 0, 1, 5, -1]))(_nifti_property)
+
+
+@pytest.mark.parametrize("how", ["vox_offset past the end", "truncated .nii.gz"])
+@pytest.mark.parametrize("frame", [None, 0])
+def test_found_one_frame_4d_file_with_unreadable_data_is_one_line(tmp_path, how, frame):
+  """What the slow NIfTI sample found (docs/faults.md "Fuzzing"): a 4D file of one frame (how dipy's
+  b0 and many converters store a 3D volume) whose data cannot be read gave nibabel's / gzip's own
+  exception (no file name; a traceback in data_prep), not one line naming the file."""
+  hdr = nib.Nifti1Header()
+  hdr.set_data_dtype(np.uint8)
+  hdr.set_data_shape((1, 1, 1, 1) if how.startswith("vox") else (8, 8, 8, 1))
+  if how.startswith("vox"):      # the shrunk case: one data byte, the data said to start at 1 MiB
+    hdr["vox_offset"] = 1 << 20
+    path = write(tmp_path, hdr.binaryblock + b"\0" * 4 + b"\x07", "IXI100-HH-0001-T1.nii")
+  else:
+    hdr["vox_offset"] = 352
+    raw = gzip.compress(hdr.binaryblock + b"\0" * 4 + bytes(range(1, 129)) * 4, mtime=0)
+    path = write(tmp_path, raw[:len(raw) * 9 // 10], "IXI100-HH-0001-T1.nii.gz")
+  assert check_nifti_read(path, frame) == "refused"
 
 
 @st.composite
@@ -359,9 +382,9 @@ VALUES = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
     st.sampled_from(["", "(", "[1,", "()", "(1, 2)", "('a',)", "True", "None", "nan", "-inf", "1e999",
                      "0x10", "'sr'", "{}", "{'a': 1}", "lambda: 0", "__import__('os')", "ü", "1_000"]),
-    # No control characters: run.py echoes the value, and a '\r' or '\x1e' in it breaks the one line
-    # (reported, docs/faults.md "Fuzzing").
-    st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs")), max_size=12),
+    # Control characters too: run.py echoes the value, and its error line shows them escaped (a '\r'
+    # or '\x1e' once broke the one line; docs/faults.md "Fuzzing").
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12),
 )
 
 
@@ -400,4 +423,8 @@ FIELDS = st.one_of(st.sampled_from(_tiny_fields()),
                    st.sampled_from(_tiny_fields()).map(lambda f: f + "x"),
                    st.sampled_from(_tiny_fields()).map(lambda f: f.rsplit(".", 1)[0] + ".nofield"))
 test_config_override_reaches_training_or_one_error_line, test_config_override_thousands = fuzzed(
-    40, 1500, field=FIELDS, value=VALUES)(_config_override)
+    40, 1500, field=FIELDS, value=VALUES,
+    # Found by the slow sample (docs/faults.md "Fuzzing"): a contrast the sample does not have was
+    # reported as an unprepared dataset, with a data_prep command that cannot work.
+    examples=[dict(field="contrast", value="0"), dict(field="ae.b1", value="\r"),
+              dict(field="ae.b1", value="\x1e")])(_config_override)

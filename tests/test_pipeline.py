@@ -322,6 +322,34 @@ def test_errors_name_the_problem(shards, tmp_path):
                             process_index=0, process_count=2)
 
 
+def test_a_builder_config_the_dataset_does_not_have_is_named(tmp_path):
+  """config.contrast naming no builder config of a prepared dataset is said so, with the choices (not
+  "build it with --dataset=ixi/t9", which data_prep refuses); a real config not built yet keeps the
+  build hint. The names are data_prep's."""
+  assert records.BUILDER_CONFIGS == cli.CONFIGS
+
+  def version(path):
+    path.mkdir(parents=True)
+    for name in ("dataset_info.json", "features.json"):
+      (path / name).write_text("{}")
+
+  data = tmp_path / "data"
+  version(data / "sample" / "1.0.0")
+  with pytest.raises(FileNotFoundError, match=r"sample/0: config.contrast='0', but sample has no builder "
+                                              r"configs \(contrasts\): it is one set, prepared in "):
+    records.prepared_dir(str(data / "sample" / "0"))
+  version(data / "ixi" / "t1" / "1.0.0")
+  (data / "ixi" / ".config").mkdir()
+  (data / "ixi" / ".config" / "metadata.json").write_text(json.dumps({"default_config_name": "all"}))
+  with pytest.raises(FileNotFoundError, match=r"ixi/t9: config.contrast='t9' is not a builder config of "
+                                              r"ixi \(one of all, t1, t2, pd; '' reads its default\)"):
+    records.prepared_dir(str(data / "ixi" / "t9"))
+  with pytest.raises(FileNotFoundError, match=r"ixi/t2: no prepared dataset \(prepared there: t1\); build "
+                                              r"it first with `python -m data_prep --dataset=ixi/t2 "):
+    records.prepared_dir(str(data / "ixi" / "t2"))
+  assert records.prepared_dir(str(data / "ixi" / "t1")) == str(data / "ixi" / "t1" / "1.0.0")
+
+
 def test_old_shard_format_and_interrupted_builds_are_refused_with_how_to_rebuild(tmp_path):
   """A folder of the pre-TFDS shards (mrsr_jax 0.1) is named as such, with the command that rebuilds
   it; a folder holding only TFDS's `incomplete.*` leftovers of a killed build is never read."""

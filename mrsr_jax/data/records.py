@@ -38,6 +38,9 @@ FILE_FORMATS = ("array_record", "tfrecord")
 VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 # The pre-TFDS shard format (mrsr_jax <= 0.1): `<split>-00000-of-00003.tfrecord` + `dataset_info.json`.
 _OLD_SHARD_RE = re.compile(r"^[a-z]+-\d{5}-of-\d{5}\.tfrecord$")
+# The builder configs (contrasts) of data_prep's datasets (data_prep/__main__.py CONFIGS; a test keeps
+# the two equal): `config.contrast` names one of them, or is "" for the dataset's default.
+BUILDER_CONFIGS = {"ixi": ("all", "t1", "t2", "pd"), "fastmri": ("both", "pd", "fspd"), "sample": ()}
 
 # Feature name -> (what it is). The TFDS FeaturesDict is built from `features()` below.
 FEATURE_DOCS = {
@@ -150,6 +153,7 @@ def prepared_dir(dataset_dir: str) -> str:
     raise DatasetNotPreparedError(
         f"{d}: shards of the old mrsr_jax format (before the TFDS datasets); rebuild them with "
         f"{_build_hint(d)} (then the old *.tfrecord files, .meta/ and dataset_info.json there can be deleted)")
+  _check_config_name(d)
   parent = os.path.dirname(d)
   built = [n for n in os.listdir(parent) if _versions(os.path.join(parent, n))] if os.path.isdir(parent) else []
   other = f" (prepared there: {', '.join(sorted(built))})" if built and not VERSION_RE.match(os.path.basename(d)) else ""
@@ -158,6 +162,27 @@ def prepared_dir(dataset_dir: str) -> str:
   incomplete = any(os.path.isdir(p) and any(n.startswith("incomplete.") for n in os.listdir(p)) for p in places)
   state = "only an incomplete (interrupted) build" if incomplete else "no prepared dataset"
   raise DatasetNotPreparedError(f"{d}: {state}{other}; build it first with {_build_hint(d)}")
+
+
+def _check_config_name(d: str) -> None:
+  """`d` (`<data_dir>/<dataset>/<name>`, not prepared) asks for a builder config `name`
+  (config.contrast) that its dataset does not have: says so, instead of "not prepared, build it with"
+  a command data_prep would refuse. Only where `<data_dir>/<dataset>` is a prepared TFDS dataset root."""
+  root, name = os.path.split(d)
+  if VERSION_RE.match(name) or name in BUILDER_CONFIGS or not os.path.isdir(root):
+    return     # a version folder, or `<data_dir>/<dataset>` itself
+  if _versions(root):    # prepared as one set, without builder configs (the sample)
+    raise DatasetNotPreparedError(
+        f"{d}: config.contrast={name!r}, but {os.path.basename(root)} has no builder configs (contrasts): "
+        f"it is one set, prepared in {root}; read it with config.contrast=''")
+  dataset, known = os.path.basename(root), BUILDER_CONFIGS.get(os.path.basename(root))
+  is_root = _default_config(root) is not None or any(
+      _versions(os.path.join(root, n)) for n in os.listdir(root))
+  if is_root and known is not None and name not in known:
+    choices = f"one of {', '.join(known)}" if known else "it has none"
+    raise DatasetNotPreparedError(
+        f"{d}: config.contrast={name!r} is not a builder config of {dataset} ({choices}; '' reads "
+        f"its default)")
 
 
 def _default_config(dataset_root: str) -> str | None:
