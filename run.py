@@ -38,6 +38,12 @@ flags.DEFINE_string("reference", None, "predict: optional HR volume to score the
 flags.DEFINE_integer("slice_axis", None, "predict: override the slice axis read from the header.")
 flags.DEFINE_integer("frame", None, "predict: the frame of a 4D input to use.")
 flags.DEFINE_bool("overwrite", False, "predict: replace an existing --output (refused by default).")
+# Issue 25: super-resolve the slice direction instead (mrsr_jax/through_plane/, docs/through_plane.md).
+flags.DEFINE_bool("through_plane", False, "predict: upsample the slice axis of a thick-slice NIfTI, "
+                  "trained on its own in-plane slices (configs/through_plane.py).")
+flags.DEFINE_float("slice_thickness", None, "--through_plane: slice thickness in mm (default: the "
+                   "BIDS sidecar's SliceThickness, else the slice spacing).")
+flags.DEFINE_float("slice_spacing", None, "--through_plane: slice spacing in mm (default: the header's).")
 # Multi-process (jax.distributed); on SLURM and similar launchers these are detected automatically.
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
@@ -189,6 +195,8 @@ def run() -> None:
   """The mode FLAGS ask for."""
   if FLAGS.mode == "predict" and (not FLAGS.input or not FLAGS.output):
     raise CommandLineError("--mode=predict needs --input and --output")
+  if FLAGS.mode != "predict" and FLAGS.through_plane:
+    raise CommandLineError("--through_plane is a way to predict: use it with --mode=predict")
   # First, before TensorFlow or XLA start threads, and only where JAX will run on the CPU: XLA:CPU's
   # per-step buffers reuse memory instead of page-faulting (glibc settings; threads keep the malloc
   # arena they start with).
@@ -218,6 +226,12 @@ def run() -> None:
     elif FLAGS.mode == "eval":
       from mrsr_jax import evaluate
       evaluate.evaluate(config, FLAGS.workdir)
+    elif FLAGS.through_plane:
+      from mrsr_jax.through_plane import apply as through_plane
+      through_plane.predict_file(config, FLAGS.workdir, FLAGS.input, FLAGS.output,
+                                 slice_axis=FLAGS.slice_axis, slice_thickness=FLAGS.slice_thickness,
+                                 slice_spacing=FLAGS.slice_spacing, frame=FLAGS.frame,
+                                 overwrite=FLAGS.overwrite)
     else:
       from mrsr_jax import predict
       predict.predict_file(config, FLAGS.workdir, FLAGS.input, FLAGS.output,

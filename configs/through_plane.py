@@ -1,0 +1,39 @@
+"""Through-plane super-resolution of a thick-slice volume, trained on its own in-plane slices (issue 25).
+
+  python run.py --config=configs/through_plane.py --workdir=runs/tp_subject --mode=predict \
+      --through_plane --input=thick.nii.gz --output=iso.nii.gz [--slice_thickness=MM]
+
+The budget: `num_steps` steps of `batch_size` crops of `crop_size` px (600 x 16 x 64² with the
+4-block x 32 generator, about 1.5 min on 2 CPU cores at ratio 4; seconds on a GPU). See
+docs/through_plane.md for what it measured and when not to use it.
+"""
+
+import ml_collections
+
+from configs import base
+
+
+def get_config():
+  config = base.get_config()
+  config.log_every_steps = 100
+  tp = ml_collections.ConfigDict()
+  # The generator (mrsr_jax/through_plane/model.py): "srgan" (the project's SRGAN-style generator with
+  # a one-axis sub-pixel upsampler) or "vdsr" (VDSR over cubic-spline upsampling), residual over the
+  # spline either way; `model` its fields.
+  tp.arch = "srgan"
+  tp.model = ml_collections.ConfigDict(dict(num_blocks=4, features=32))
+  # The slice profile the training pairs are made with: "gaussian" (FWHM = slice thickness) or "rect".
+  tp.profile = "gaussian"
+  tp.num_steps = 600
+  tp.batch_size = 16                 # crops per step (a multiple of the devices)
+  tp.crop_size = 64                  # square in-plane crops, px (smaller slices: their size)
+  tp.learning_rate = 1e-3
+  tp.warmup_steps = 50               # linear warm-up, then cosine decay to 1% (optax)
+  tp.checkpoint_every_steps = 100
+  tp.fusion = "mean"                 # how the two through-plane orientations are combined
+  tp.batch_size_apply = 0            # reformats per call when applying (0: up to 8 per device)
+  # A workdir of an earlier through-plane run whose model to apply instead of training (same arch,
+  # model and upsampling factor; a different thickness or profile is warned about).
+  tp.pretrained_workdir = ""
+  config.through_plane = tp
+  return config
