@@ -333,7 +333,7 @@ def analyse(config, name: str, *, config_name: str = "", devices: int = 1,
   trained = tree_bytes(state.params)
   report = Report(
       config=config_name, stage=name, devices=devices, global_batch=global_batch,
-      per_device_batch=per_device, dtype=str(config.dtype), remat=bool(stage.cfg.get("remat", False)),
+      per_device_batch=per_device, dtype=str(config.dtype), remat=bool(stage.cfg.remat),
       platform=platform, backend=jax.default_backend(), small=small,
       fixed_peak=fixed_peak, per_slice_peak=per_slice_peak, fixed_flops=fixed_flops,
       per_slice_flops=per_slice_flops, trained_param_bytes=trained,

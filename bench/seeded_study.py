@@ -71,7 +71,7 @@ def score(generate, volumes: dict[str, np.ndarray], scale: int, methods, batch: 
 
 def run_key(config) -> str:
   """What one compiled update serves: the network (arch and its fields), the loss and the scale."""
-  return json.dumps([config.sr.get("arch", "srgan"), config.sr.model.to_dict(), config.sr.loss.to_dict(),
+  return json.dumps([config.sr.arch, config.sr.model.to_dict(), config.sr.loss.to_dict(),
                      config.scale], sort_keys=True, default=str)
 
 

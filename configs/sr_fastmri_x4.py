@@ -9,22 +9,8 @@ pairs (see there).
   python run.py --config=configs/sr_fastmri_x4.py --workdir=runs/fastmri_x4
 """
 
-from configs import base, contrast as contrast_lib
+from configs import paper
 
 
 def get_config(contrast: str = ""):
-  config = base.get_config()
-  config.dataset = "fastmri"
-  config.contrast = contrast_lib.select("fastmri", contrast)
-  config.scale = 4
-  config.crop_size = 320
-  config.eval.size = 320
-  # One 80 GB GPU holds this step at the paper's global batch of 256 by splitting each device's share
-  # into microbatches of at most these sizes (gradients accumulated; docs/distributed.md, "Memory");
-  # more GPUs, fewer microbatches, and none once a GPU's share is this small.
-  config.vit.microbatch_per_device = 32
-  config.ae.microbatch_per_device = 64
-  config.sr.microbatch_per_device = 32
-  # 100 epochs of the prepared set, as the paper (base.py's step counts are IXI's; paper_deviations.md row 31).
-  config.ae.num_steps = config.sr.num_steps = 0
-  return config
+  return paper.paper_config("fastmri", 4, contrast)

@@ -10,20 +10,8 @@ contrast's set is prepared on its own (the same subjects in the same splits):
   python run.py --config=configs/sr_ixi_x2.py:t2 --workdir=runs/ixi_x2_t2         # T2 (PD: :pd)
 """
 
-from configs import base, contrast as contrast_lib
+from configs import paper
 
 
 def get_config(contrast: str = ""):
-  config = base.get_config()
-  config.dataset = "ixi"
-  config.contrast = contrast_lib.select("ixi", contrast)
-  config.scale = 2
-  config.crop_size = 240
-  config.eval.size = 240
-  # One 80 GB GPU holds this step at the paper's global batch of 256 by splitting each device's share
-  # into microbatches of at most these sizes (gradients accumulated; docs/distributed.md, "Memory");
-  # more GPUs, fewer microbatches, and none once a GPU's share is this small.
-  config.vit.microbatch_per_device = 32
-  config.ae.microbatch_per_device = 64
-  config.sr.microbatch_per_device = 32
-  return config
+  return paper.paper_config("ixi", 2, contrast)

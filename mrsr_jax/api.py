@@ -386,7 +386,7 @@ def loss_breakdown(config: ml_collections.ConfigDict, batch: Mapping[str, Any], 
     which.add("vit")
   if "ae_enc" in frozen:
     which |= {"z_s", "z_t"}
-  weights = {t: float(config.sr.loss.get(f, losses.SR_WEIGHT_DEFAULTS[f])) for t, f in TERM_WEIGHTS.items()}
+  weights = {t: float(config.sr.loss[f]) for t, f in TERM_WEIGHTS.items()}
   missing = [t for t, feat in (("vit", "vit"), ("str", "z_s"), ("tex", "z_t"))
              if weights[t] and feat not in which]
   if missing:
@@ -395,7 +395,7 @@ def loss_breakdown(config: ml_collections.ConfigDict, batch: Mapping[str, Any], 
   # Weight 1 for every term we have inputs for: `sr_generator_loss` then returns all of them unweighted.
   every = {"adv_weight": 1.0, "pixel_weight": 1.0, "lambda_vit": float("vit" in which),
            "lambda_str": float("z_s" in which), "lambda_tex": float("z_t" in which),
-           "pixel": config.sr.loss.get("pixel", "l1")}     # the pixel term's form (L1 or MSE)
+           "pixel": config.sr.loss.pixel}     # the pixel term's form (L1 or MSE)
   hr = jnp.asarray(batch["hr"], jnp.float32)
   sr = None if sr is None else jnp.asarray(sr, jnp.float32)
   if sr is not None and sr.shape != hr.shape:

@@ -26,7 +26,7 @@ def config_for(config: ml_collections.ConfigDict, arch: str, size: str | None = 
   """`config` with the SR stage of baseline `arch` (its network at `size`, default
   `config.baselines_size`, and its paper's pixel loss alone); only the SR stage, no baselines of its own."""
   cfg = config.copy_and_resolve_references()
-  size = size or config.get("baselines_size", "reduced")
+  size = size or config.baselines_size
   cfg.sr.arch = arch
   cfg.sr.model = ml_collections.ConfigDict(models.preset(arch, size))
   cfg.sr.loss.update(pixel=models.LOSS[arch], **_PIXEL_ONLY)
@@ -42,7 +42,7 @@ def workdir_for(workdir: str, arch: str) -> str:
 
 def check(config: ml_collections.ConfigDict) -> None:
   """One error naming the field for a baseline that is not a comparison network or a size it lacks."""
-  names = tuple(config.get("baselines", ()))
+  names = tuple(config.baselines)
   known = [a for a in models.GENERATORS if a != "srgan"]
   for arch in names:
     if arch not in known:
@@ -50,7 +50,7 @@ def check(config: ml_collections.ConfigDict) -> None:
                        f"{', '.join(repr(a) for a in known)}")
   if len(set(names)) != len(names):
     raise ValueError(f"config.baselines: {names} names a network twice")
-  size = config.get("baselines_size", "reduced")
+  size = config.baselines_size
   for arch in names:
     if size not in models.PRESETS[arch]:
       raise ValueError(f"config.baselines_size = {size!r}: {arch!r} has sizes "

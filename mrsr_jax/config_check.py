@@ -21,25 +21,14 @@ from typing import Any, Iterable, Mapping
 
 import ml_collections
 
-STAGE_NAMES = ("vit", "ae", "sr")
+from mrsr_jax import config_schema
+from mrsr_jax.config_schema import STAGE_NAMES, fail as _fail
 
 # Fields that may differ between the run that wrote a workdir's checkpoints and a rerun that resumes
-# them. Everything else is fixed once a stage it concerns has a checkpoint; a field added to the configs
-# later is fixed until it is listed here. A prefix covers its whole sub-config.
-RESUMABLE = (
-    "data_dir",                    # where the shards are (the same dataset, moved)
-    "stages",                      # which stages this invocation runs
-    "input_readers",               # data readers: follows the process topology of the machine
-    "log_every_steps", "image_every_steps", "checkpoint_every_steps", "keep_checkpoints",
-    "vit.num_steps", "vit.num_epochs",   # the step count: extend (or end) training
-    "ae.num_steps", "ae.num_epochs",
-    "sr.num_steps", "sr.num_epochs",
-    "eval", "predict",             # used after training only
-    "baselines", "baselines_size", # comparison networks: their own workdirs (<workdir>/baselines/<arch>)
-    # How a step is computed in memory, not what it computes: they follow the hardware (docs/distributed.md).
-    "vit.microbatch_per_device", "ae.microbatch_per_device", "sr.microbatch_per_device",
-    "vit.remat", "ae.remat", "sr.remat",
-)
+# them (`resumable=True` in mrsr_jax/config_schema.py). Everything else is fixed once a stage it
+# concerns has a checkpoint; a field added to the configs later is fixed until declared resumable.
+# A group name covers its whole sub-config.
+RESUMABLE = config_schema.SCHEMA.resumable()
 
 # Top-level fields only the SR stage uses (the LR model); other top-level fields concern every stage.
 _SR_ONLY = ("scale", "degradation", "hamming")
@@ -54,172 +43,82 @@ class ConfigMismatchError(ValueError):
 
 
 # -- field values ------------------------------------------------------------------------------------
-def _fail(field: str, value: Any, need: str) -> None:
-  raise ValueError(f"config.{field} = {value!r}: {need}")
-
-
-def _int(config, field: str, *, min_value: int) -> int:
-  value = _get(config, field)
-  if isinstance(value, bool) or not isinstance(value, int) or value < min_value:
-    _fail(field, value, f"must be an integer >= {min_value}")
-  return value
-
-
-def _real(config, field: str, *, low: float = 0.0, high: float = math.inf, low_open: bool = False,
-          high_open: bool = False) -> float:
-  value = _get(config, field)
-  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-  ok = (ok and (value > low if low_open else value >= low)
-        and (value < high if high_open else value <= high))
-  if not ok:
-    if math.isinf(high):
-      rng = f"{'>' if low_open else '>='} {low:g}"
-    else:
-      rng = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-    _fail(field, value, f"must be a finite number {rng}")
-  return float(value)
-
-
-def _choice(config, field: str, choices: Iterable[Any]) -> Any:
-  value = _get(config, field)
-  choices = tuple(choices)
-  if value not in choices:
-    _fail(field, value, f"must be one of {', '.join(repr(c) for c in choices)}")
-  return value
-
-
 def _get(config, field: str) -> Any:
   node = config
   for part in field.split("."):
     if part not in node:
-      raise ValueError(f"config.{field} is missing (the config file must define it)")
+      raise ValueError(f"config.{field} is missing (the config file must define it; "
+                       f"configs/base.py's get_config() has every field)")
     node = node[part]
   return node
 
 
 def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_processes: int = 1) -> None:
-  """Raises ValueError naming the first field of `config` that training cannot run with."""
+  """Raises ValueError naming the first field of `config` that training cannot run with: each
+  declared field's own check (config_schema), then the rules that relate fields to each other."""
+  stages = _check_stages(config)
+  for field in config_schema.FIELDS:
+    if field.check is not None and (field.stage is None or field.stage in stages):
+      field.check(field.name, _get(config, field.name))
+  _check_shapes(config)
+  _check_batches(config, stages, num_devices=num_devices, num_processes=num_processes)
+  if "sr" in stages:
+    _sr_model(config)
+  if "vit" in stages:
+    warn_unpretrained_vit(config)
+
+
+def _check_stages(config) -> tuple[str, ...]:
+  field = config_schema.SCHEMA.by_name["stages"]
   stages = _get(config, "stages")
-  if isinstance(stages, str) or not isinstance(stages, (tuple, list)) or not stages:
-    _fail("stages", stages, f"must be a non-empty tuple of {STAGE_NAMES}")
+  field.check("stages", stages)
   unknown = [s for s in stages if s not in STAGE_NAMES]
   if unknown:
     _fail("stages", tuple(stages), f"unknown stage(s) {unknown}; choose from {list(STAGE_NAMES)}")
   if list(stages) != [s for s in STAGE_NAMES if s in stages]:
     _fail("stages", tuple(stages), f"must keep the pipeline order {list(STAGE_NAMES)}")
+  return tuple(stages)
 
-  # What every stage shares.
-  scale = _choice(config, "scale", (2, 4))
-  _choice(config, "degradation", ("bicubic", "gaussian", "kspace"))
-  if config.get("hamming", False) and config.degradation != "kspace":
+
+def _check_shapes(config) -> None:
+  """The LR model and the crops: what the networks' shapes need of each other."""
+  if config.hamming and config.degradation != "kspace":
     _fail("hamming", True, "applies to degradation='kspace' only")
-  _choice(config, "hamming", (False, True))
-  _choice(config, "dtype", ("float32", "bfloat16"))
-  _int(config, "seed", min_value=-2**63)
-  _real(config, "grad_clip_norm")
-  _int(config, "log_every_steps", min_value=1)
-  _int(config, "checkpoint_every_steps", min_value=1)
-  _int(config, "image_every_steps", min_value=0)
-  _int(config, "keep_checkpoints", min_value=1)
-  readers = _int(config, "input_readers", min_value=0) or num_processes
-  if "input_cache" in config:
-    _choice(config, "input_cache", (False, True))
-  if readers % num_processes:
-    _fail("input_readers", readers, f"must be a multiple of the {num_processes} processes")
-  if not isinstance(_get(config, "dataset"), str) or not config.dataset:
-    _fail("dataset", config.dataset, "must name the dataset folder under data_dir")
-
-  # The model fields: the ViT and the AE encoder are also built by the SR stage (its loss features).
-  patch = _int(config, "vit.model.patch_size", min_value=1)
-  heads = _int(config, "vit.model.num_heads", min_value=1)
-  hidden = _int(config, "vit.model.hidden_size", min_value=1)
+  heads, hidden = config.vit.model.num_heads, config.vit.model.hidden_size
   if hidden % heads:
     _fail("vit.model.hidden_size", hidden, f"must be a multiple of vit.model.num_heads ({heads})")
-  _int(config, "vit.model.mlp_dim", min_value=1)
-  _int(config, "vit.model.num_layers", min_value=1)
-  _real(config, "vit.model.dropout_rate", high=1.0, high_open=True)
-  crop = _int(config, "crop_size", min_value=1)
+  crop, scale, patch = config.crop_size, config.scale, config.vit.model.patch_size
   if crop % (4 * scale) or crop % patch:
     _fail("crop_size", crop, f"must be a multiple of 4×scale ({4 * scale}) and of the ViT patch "
           f"vit.model.patch_size ({patch})")
-  ae_features = _get(config, "ae.model.features")
-  if (not isinstance(ae_features, (tuple, list)) or len(ae_features) != 4
-      or not all(isinstance(f, int) and not isinstance(f, bool) and f > 0 for f in ae_features)):
-    _fail("ae.model.features", ae_features, "must be 4 positive integers (the encoder's block widths)")
-  _int(config, "ae.model.structure_channels", min_value=1)
-  _int(config, "ae.model.texture_dim", min_value=1)
-  ae_crop = config.ae.get("crop_size", None) or crop
+  ae_crop = _get(config, "ae.crop_size") or crop
   if ae_crop <= 0 or ae_crop % 16:
     _fail("ae.crop_size", ae_crop, "must be a positive multiple of 16 (the encoder's 4 poolings)")
 
-  # Each stage to train: its batch, its length, its optimiser and loss.
+
+def _check_batches(config, stages, *, num_devices: int, num_processes: int) -> None:
+  """Each trained stage's batch against the devices and readers, and its length."""
+  readers = config.input_readers or num_processes
+  if readers % num_processes:
+    _fail("input_readers", readers, f"must be a multiple of the {num_processes} processes")
   for name in stages:
-    batch = _int(config, f"{name}.batch_size", min_value=1)
+    batch = config[name].batch_size
     if batch % num_devices:
       _fail(f"{name}.batch_size", batch, f"the global batch must be a multiple of the {num_devices} "
             f"devices")
     if batch % readers:
       _fail(f"{name}.batch_size", batch, f"the global batch must be a multiple of the {readers} input "
             f"readers (config.input_readers)")
-    steps = _int(config, f"{name}.num_steps", min_value=0)
-    epochs = _real(config, f"{name}.num_epochs")
-    if not steps and not epochs:
-      _fail(f"{name}.num_steps", steps, f"set it, or {name}.num_epochs, to a positive number")
-    _real(config, f"{name}.learning_rate", low=0.0, low_open=True)
-    for beta in ("b1", "b2"):
-      if beta in config[name]:
-        _real(config, f"{name}.{beta}", high=1.0, high_open=True)
-    if "weight_decay" in config[name]:
-      _real(config, f"{name}.weight_decay")
-    if "microbatch_per_device" in config[name]:
-      _int(config, f"{name}.microbatch_per_device", min_value=0)
-    if "remat" in config[name]:
-      _choice(config, f"{name}.remat", (False, True))
-
-  if "vit" in stages:
-    _choice(config, "vit.pretext", ("masked_patch", "classify"))
-    _real(config, "vit.mask_ratio", low=0.0, low_open=True, high=1.0)
-    _int(config, "vit.num_bins", min_value=2)
-  if "ae" in stages:
-    _real(config, "ae.w_adv")
-    _real(config, "ae.w_swap")
-  if "sr" in stages:
-    _sr_model(config)
-    _int(config, "sr.disc_features", min_value=1)
-    for weight in ("adv_weight", "lambda_vit", "lambda_str", "lambda_tex", "pixel_weight"):
-      _real(config, f"sr.loss.{weight}")
-    _choice(config, "sr.loss.feature_target", ("lr", "hr"))
-    if "pixel" in config.sr.loss:     # absent in configs older than the MSE form: L1
-      from mrsr_jax import losses
-      _choice(config, "sr.loss.pixel", tuple(losses.PIXEL_LOSSES))
-    # G / D plumbing and the AE's frame (paper_deviations.md); absent in configs older than them.
-    if "ae_frame" in config.sr.loss:
-      _choice(config, "sr.loss.ae_frame", ("ae", "sr"))
-    if "gd_update" in config.sr:
-      _choice(config, "sr.gd_update", ("simultaneous", "alternating"))
-    if "disc_bn_in_g" in config.sr:
-      _choice(config, "sr.disc_bn_in_g", ("train", "eval", "joint"))
-    if "lr_schedule" in config.sr:
-      _choice(config, "sr.lr_schedule", ("constant", "cosine"))
-    if "warmup_steps" in config.sr:
-      _int(config, "sr.warmup_steps", min_value=0)
-    if "lr_mix" in config.sr:      # training LR models drawn per example (stage_sr.make_train_lr)
-      for field in config.sr.lr_mix:
-        # Family weights and the noise level are >= 0; a probability and a relative jitter of the
-        # kernel width (1 ± j must stay positive) are at most 1.
-        high = 1.0 if field in ("hamming_prob", "sigma_jitter") else math.inf
-        _real(config, f"sr.lr_mix.{field}", high=high, high_open=field == "sigma_jitter")
-    if not isinstance(_get(config, "sr.features_workdir"), str):
-      _fail("sr.features_workdir", config.sr.features_workdir, "must be a path (or '' for this workdir)")
-  if "vit" in stages:
-    warn_unpretrained_vit(config)
+    if not config[name].num_steps and not config[name].num_epochs:
+      _fail(f"{name}.num_steps", config[name].num_steps,
+            f"set it, or {name}.num_epochs, to a positive number")
 
 
 def _sr_model(config) -> None:
   """`sr.arch` and the `sr.model` fields of that generator (mrsr_jax/models/), each by its kind: a
   size >= 1 (int), a scale factor > 0 (float), a switch (bool); plus the choices some fields have."""
   from mrsr_jax import models
-  arch = config.sr.get("arch", "srgan")      # absent in configs older than the comparison networks
+  arch = _get(config, "sr.arch")
   models.check_arch(arch)
   models.check_model_fields(arch, config.sr.model)
   for name, default in models.model_fields(arch).items():
@@ -227,17 +126,19 @@ def _sr_model(config) -> None:
     if name not in config.sr.model:
       continue                                 # the generator's default
     if name == "channels":
-      _choice(config, field, (1,))             # the MR slices are single-channel
+      check = config_schema.Choice(1)          # the MR slices are single-channel
     elif name == "norm":
-      _choice(config, field, ("batch", "none"))
+      check = config_schema.Choice("batch", "none")
     elif isinstance(default, bool):
-      _choice(config, field, (False, True))
+      check = config_schema.BOOL
     elif isinstance(default, int):
-      _int(config, field, min_value=2 if (arch, name) == ("vdsr", "num_layers") else 1)
+      check = config_schema.Int(2 if (arch, name) == ("vdsr", "num_layers") else 1)
     elif isinstance(default, float):
-      _real(config, field, low=0.0, low_open=True)
-  if config.sr.get("remat", False) and "remat" not in {
-      f.name for f in dataclasses.fields(models.GENERATORS[arch])}:
+      check = config_schema.Real(low_open=True)
+    else:
+      continue
+    check(field, config.sr.model[name])
+  if config.sr.remat and "remat" not in {f.name for f in dataclasses.fields(models.GENERATORS[arch])}:
     _fail("sr.remat", True, f"the {arch!r} generator (sr.arch) has no blocks to rematerialise")
 
 
@@ -254,7 +155,7 @@ def warn_unpretrained_vit(config: ml_collections.ConfigDict) -> bool:
   not to a config's name: a ViT of UNETR's ViT-B/16 size is the one such a checkpoint exists for (the
   paper configs, or a user's config at the paper's size); the small demo / test ViTs have none."""
   model = config.vit.model
-  if config.vit.get("init_checkpoint", "") or any(model.get(k) != v for k, v in PAPER_VIT.items()):
+  if config.vit.init_checkpoint or any(model.get(k) != v for k, v in PAPER_VIT.items()):
     return False
   from absl import logging
   logging.warning(
@@ -330,9 +231,9 @@ def differences(recorded: Mapping[str, Any], asked: Mapping[str, Any], fields: I
 _ABSENT = object()
 
 # Fields added after workdirs were written, and the value their absence meant (what the code did
-# before them): a workdir trained before `sr.arch` existed trained the "srgan" generator with an L1
-# pixel term, so resuming it with the defaults is no change.
-IMPLIED = {"sr.arch": "srgan", "sr.loss.pixel": "l1"}
+# before them; `absent=` in config_schema): a workdir trained before `sr.arch` existed trained the
+# "srgan" generator with an L1 pixel term, so resuming it with the defaults is no change.
+IMPLIED = config_schema.SCHEMA.implied()
 
 
 def read_config_json(path: str) -> dict[str, Any]:
@@ -389,7 +290,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
             f"{', '.join(RESUMABLE)} {RESUMABLE_NOTE}. Pass the workdir's values, use a new "
             f"--workdir, or delete the stage folders to retrain them.")
 
-  features_dir = config.sr.get("features_workdir", "") if "sr" in config.stages else ""
+  features_dir = config.sr.features_workdir if "sr" in config.stages else ""
   if features_dir and os.path.abspath(features_dir) != os.path.abspath(workdir):
     from mrsr_jax import features
     needed = features.needed(config.sr.loss)

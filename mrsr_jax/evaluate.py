@@ -39,7 +39,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from mrsr_jax import baselines
+from mrsr_jax import baselines, config_schema
 from mrsr_jax import metrics as metrics_lib
 from mrsr_jax import predict
 from mrsr_jax import sharding
@@ -73,12 +73,13 @@ def load_generator(config: ml_collections.ConfigDict, workdir: str, mesh) -> tup
 
 
 def workdir_config(workdir: str, fallback: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The config a run was trained with (its config.json), else `fallback`."""
+  """The config a run was trained with (its config.json, with the fields added since it was written
+  set to what their absence meant), else `fallback`."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     return fallback
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    return config_schema.complete(ml_collections.ConfigDict(json.load(f)))
 
 
 def code_version() -> str:
@@ -93,7 +94,7 @@ def code_version() -> str:
 def lr_models(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The LR models the report scores on: `config.eval.lr_models`, with the config's own degradation
   (the matched case of the paper-protocol table) added first when it is not listed."""
-  models = config.eval.get("lr_models", None) or (config.degradation,)
+  models = config.eval.lr_models or (config.degradation,)
   models = (models,) if isinstance(models, str) else tuple(models)
   unknown = [m for m in models if m not in degrade.METHODS]
   if unknown:
@@ -264,7 +265,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> dict
     cfg = workdir_config(other, config)
     rows[name], row_info[name] = load_generator(cfg, other, mesh)
   # The comparison networks the run trained beside ours (config.baselines; mrsr_jax/baselines.py).
-  for arch in config.get("baselines", ()):
+  for arch in config.baselines:
     rows[arch], row_info[arch] = load_generator(baselines.config_for(config, arch),
                                                 baselines.workdir_for(workdir, arch), mesh)
 

@@ -39,12 +39,12 @@ def ae_frame(config: ml_collections.ConfigDict, images: jax.Array) -> jax.Array:
   the AE was trained on; a frame at least that large is left whole (cropping would drop part of the
   SR output from L_str / L_tex, and the AE's random crops of such slices have seen all of it).
   "sr": the SR crop as it is."""
-  mode = config.sr.loss.get("ae_frame", "sr")
+  mode = config.sr.loss.ae_frame
   if mode == "sr":
     return images
   if mode != "ae":
     raise ValueError(f"sr.loss.ae_frame must be 'ae' or 'sr', got {mode!r}")
-  size = config.ae.get("crop_size", None) or config.crop_size
+  size = config.ae.crop_size or config.crop_size
   ph, pw = max(size - images.shape[1], 0), max(size - images.shape[2], 0)
   if not (ph or pw):
     return images

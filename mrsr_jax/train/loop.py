@@ -49,14 +49,14 @@ class Stage(abc.ABC):
 
   @property
   def crop_size(self) -> int:
-    return self.cfg.get("crop_size", None) or self.config.crop_size
+    return self.config.crop_size
 
   @property
   def dir(self) -> str:
     return os.path.join(self.workdir, self.name)
 
   def num_steps(self, info: dict[str, Any]) -> int:
-    if self.cfg.get("num_steps", 0) > 0:
+    if self.cfg.num_steps > 0:       # a step count wins over num_epochs (config_schema)
       return int(self.cfg.num_steps)
     n = records.split_size(info, "train")
     return max(1, math.ceil(self.cfg.num_epochs * n / self.batch_size))
@@ -80,7 +80,7 @@ class Stage(abc.ABC):
 
   def microbatches(self, num_devices: int) -> int:
     """Gradient-accumulation steps on `num_devices` devices (`<stage>.microbatch_per_device`)."""
-    cap = int(self.cfg.get("microbatch_per_device", 0))
+    cap = int(self.cfg.microbatch_per_device)
     k = step_lib.microbatch_count(self.batch_size, num_devices, cap, field=f"{self.name}.batch_size")
     part = self.batch_size // num_devices // k
     if k > 1 and 2 * part <= cap:
@@ -92,7 +92,7 @@ class Stage(abc.ABC):
 
   @property
   def remat(self) -> bool:
-    return bool(self.cfg.get("remat", False))
+    return bool(self.cfg.remat)
 
   def frozen(self, mesh) -> Any:
     """Frozen inputs of the step (feature extractors of earlier stages); none by default."""
@@ -170,7 +170,7 @@ def make_writer(stage_dir: str, start_step: int = 0) -> writers.Writer:
 
 def dataset_dir(config) -> str:
   """The prepared TFDS dataset the config reads: `<data_dir>/<dataset>[/<contrast>]` (see records)."""
-  return os.path.join(config.data_dir, config.dataset, config.get("contrast", "") or "")
+  return os.path.join(config.data_dir, config.dataset, config.contrast)
 
 
 def train_iterator(stage: Stage, config, start_step: int, mesh) -> Iterator[dict]:
@@ -179,14 +179,14 @@ def train_iterator(stage: Stage, config, start_step: int, mesh) -> Iterator[dict
   its local devices. The global batch is the readers' batches in reader order, so a fixed reader count
   gives the same batches whatever the number of processes (the multi-process test relies on it)."""
   procs, me = jax.process_count(), jax.process_index()
-  readers = config.get("input_readers", 0) or procs
+  readers = config.input_readers or procs
   if readers % procs or stage.batch_size % readers:
     raise ValueError(f"input_readers={readers} must be a multiple of the {procs} processes and "
                      f"divide the global batch {stage.batch_size}")
   per_proc = readers // procs
   streams = [pipeline.create_dataset(
       dataset_dir(config), "train", global_batch_size=stage.batch_size, crop_size=stage.crop_size,
-      seed=config.seed, train=True, start_step=start_step, cache=config.get("input_cache", False),
+      seed=config.seed, train=True, start_step=start_step, cache=config.input_cache,
       process_index=r, process_count=readers).as_numpy_iterator()
       for r in range(me * per_proc, (me + 1) * per_proc)]
   while True:

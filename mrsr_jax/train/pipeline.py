@@ -78,7 +78,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, mesh=None, *,
   # The comparison networks of the run's report (config.baselines), each an SR stage of its own in
   # <workdir>/baselines/<arch>/, resumed or skipped like the stages above; they go with the SR stage
   # (an invocation that trains only the ViT and the AE trains none).
-  for arch in (config.get("baselines", ()) if "sr" in config.stages else ()):
+  for arch in (config.baselines if "sr" in config.stages else ()):
     logging.info("=== baseline %s ===", arch)
     states[f"baseline_{arch}"] = train(baselines.config_for(config, arch), baselines.workdir_for(workdir, arch),
                                        mesh)["sr"]

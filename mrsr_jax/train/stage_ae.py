@@ -42,6 +42,11 @@ class AEStage(loop.Stage):
                         grad_clip_norm=config.grad_clip_norm)
     self.txs = {"enc": tx, "gen": tx, "disc": tx}
 
+  @property
+  def crop_size(self) -> int:
+    # The AE trains in its own frame (ae.crop_size; 0: the SR crop), slices padded to it.
+    return self.cfg.crop_size or self.config.crop_size
+
   def init(self, rng):
     k_e, k_g, k_d = jax.random.split(rng, 3)
     x = jnp.zeros((1, self.crop_size, self.crop_size, 1), jnp.float32)

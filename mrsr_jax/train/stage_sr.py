@@ -30,14 +30,14 @@ from mrsr_jax.train.state import TrainState, make_optimizer
 
 
 def generator(config):
-  """The SR generator of `config.sr.arch` ("srgan", the paper's, when absent: configs older than the
-  comparison networks) built from `config.sr.model`, at `config.scale` and `config.dtype`."""
-  arch = config.sr.get("arch", "srgan")
+  """The SR generator of `config.sr.arch` built from `config.sr.model`, at `config.scale` and
+  `config.dtype`."""
+  arch = config.sr.arch
   cls = models.check_arch(arch)
   fields = dict(config.sr.model)
   models.check_model_fields(arch, fields)
   kwargs = {}
-  if bool(config.sr.get("remat", False)):
+  if bool(config.sr.remat):
     def has_remat(c):
       return any(f.name == "remat" for f in dataclasses.fields(c))
     if not has_remat(cls):
@@ -58,10 +58,8 @@ def make_lr(config, hr: jax.Array) -> jax.Array:
 
 def lr_mix(config) -> dict[str, float]:
   """The training LR-model weights {family: weight > 0}, or {} for "the config's degradation only"."""
-  mix = config.sr.get("lr_mix", None)
-  if mix is None:
-    return {}
-  return {f: float(mix.get(f, 0.0)) for f in degrade.METHODS if float(mix.get(f, 0.0)) > 0.0}
+  mix = config.sr.lr_mix
+  return {f: float(mix[f]) for f in degrade.METHODS if float(mix[f]) > 0.0}
 
 
 def make_train_lr(config, hr: jax.Array, rng: jax.Array) -> jax.Array:
@@ -71,9 +69,8 @@ def make_train_lr(config, hr: jax.Array, rng: jax.Array) -> jax.Array:
     return make_lr(config, hr)
   mix = config.sr.lr_mix
   return degrade.random_downsample(hr, config.scale, rng, weights=weights,
-                                   sigma_jitter=float(mix.get("sigma_jitter", 0.0)),
-                                   hamming_prob=float(mix.get("hamming_prob", 0.0)),
-                                   noise_std=float(mix.get("noise_std", 0.0)))
+                                   sigma_jitter=float(mix.sigma_jitter),
+                                   hamming_prob=float(mix.hamming_prob), noise_std=float(mix.noise_std))
 
 
 # A user loss term: fn(*, sr, hr, lr, feats_sr, feats_target) -> scalar, added to L_SR with a weight.
@@ -113,8 +110,8 @@ class SRStage(loop.Stage):
     learning rate, which at 1e-3 throws the zero-initialised output conv far off bicubic and makes
     short runs land wherever that jolt left them."""
     peak = self.cfg.learning_rate
-    warmup = int(self.cfg.get("warmup_steps", 0))
-    kind = self.cfg.get("lr_schedule", "constant")
+    warmup = int(self.cfg.warmup_steps)
+    kind = self.cfg.lr_schedule
     if kind == "constant":
       sched = optax.constant_schedule(peak) if warmup <= 0 else optax.join_schedules(
           [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup])
@@ -123,7 +120,7 @@ class SRStage(loop.Stage):
         # Traced outside the training loop (a notebook, a compile test): the stage's length from the
         # config, or from the dataset it trains on.
         from mrsr_jax.data import records
-        self.num_steps({} if self.cfg.get("num_steps", 0) > 0 else
+        self.num_steps({} if self.cfg.num_steps > 0 else
                        records.read_info(loop.dataset_dir(self.config)))
       sched = optax.warmup_cosine_decay_schedule(0.0, peak, max(warmup, 1), max(self._total_steps, warmup + 1),
                                                  end_value=0.01 * peak)
@@ -143,7 +140,7 @@ class SRStage(loop.Stage):
 
   # -- frozen feature extractors ------------------------------------------------------------------
   def features_workdir(self) -> str:
-    return self.cfg.get("features_workdir", "") or self.workdir
+    return self.cfg.features_workdir or self.workdir
 
   def frozen(self, mesh):
     """Restores only what the loss uses; a missing checkpoint is an error at start, not mid-run."""
@@ -184,7 +181,7 @@ class SRStage(loop.Stage):
     them: "train" (the all-fake batch's own statistics), "eval" (D's running statistics) or "joint" (D
     applied to [HR; SR] in train mode, as in D's own step, and the SR half kept). D's statistics move
     only in D's step, so whatever this pass computes of them is dropped."""
-    mode = self.cfg.get("disc_bn_in_g", "train")
+    mode = self.cfg.disc_bn_in_g
     if mode == "train":
       return self._disc(params, stats, sr)[0]
     if mode == "eval":
@@ -257,7 +254,7 @@ class SRStage(loop.Stage):
             {**metrics, "d_loss": d_loss})
 
   def update(self, state, batch, rng, frozen, *, microbatches=1, mesh=None):
-    order = self.cfg.get("gd_update", "simultaneous")
+    order = self.cfg.gd_update
     if order not in ("simultaneous", "alternating"):
       raise ValueError(f"sr.gd_update must be 'simultaneous' or 'alternating', got {order!r}")
     if order == "simultaneous" or not self.adversarial:     # without D the two orders are one

@@ -62,7 +62,7 @@ def num_pretext_classes(config) -> int:
   if len(info["labels"]) < 2:
     raise ValueError(
         f"vit.pretext='classify' needs slices of at least two labels (dataset/contrast) to tell apart; "
-        f"{info['path']} has {info['labels']} (config.contrast={config.get('contrast', '')!r}): use "
+        f"{info['path']} has {info['labels']} (config.contrast={config.contrast!r}): use "
         f"vit.pretext='masked_patch' or a set with several contrasts")
   return len(info["labels"])
 
