@@ -13,15 +13,24 @@ import ml_collections
 from configs import base
 
 
-def get_config():
+# `--config=configs/through_plane.py:vdsr` trains the comparison network instead.
+MODELS = {
+    "srgan": dict(num_blocks=4, features=32),
+    "vdsr": dict(num_layers=8, features=32),
+}
+
+
+def get_config(arch: str = "srgan"):
+  if arch not in MODELS:
+    raise ValueError(f"configs/through_plane.py:{arch}: expected one of {', '.join(MODELS)}")
   config = base.get_config()
   config.log_every_steps = 100
   tp = ml_collections.ConfigDict()
   # The generator (mrsr_jax/through_plane/model.py): "srgan" (the project's SRGAN-style generator with
   # a one-axis sub-pixel upsampler) or "vdsr" (VDSR over cubic-spline upsampling), residual over the
   # spline either way; `model` its fields.
-  tp.arch = "srgan"
-  tp.model = ml_collections.ConfigDict(dict(num_blocks=4, features=32))
+  tp.arch = arch
+  tp.model = ml_collections.ConfigDict(MODELS[arch])
   # The slice profile the training pairs are made with: "gaussian" (FWHM = slice thickness) or "rect".
   tp.profile = "gaussian"
   tp.num_steps = 600

@@ -20,6 +20,7 @@ one on another input or geometry stops with an error rather than reuse the wrong
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -112,8 +113,7 @@ class Trainer:
 
   # -- the step ------------------------------------------------------------------------------------
   def init(self, rng: jax.Array) -> TrainState:
-    lr = jnp.zeros((1, 8, 8, 1), jnp.float32)    # every layer is a convolution: any size will do
-    v = self.model.init(rng, lr, train=False)
+    v = _model_init(self.model)(rng)
     return TrainState.create({"gen": v["params"]}, self.txs, {"gen": v.get("batch_stats", {})})
 
   def update(self, state: TrainState, batch: dict, rng: jax.Array, frozen) -> tuple[TrainState, dict]:
@@ -135,6 +135,14 @@ class Trainer:
 
     loss, (metrics, stats), grads = step_lib.value_and_grad_with_aux(loss_fn, state.params["gen"])
     return state.apply_gradients({"gen": grads}, batch_stats={"gen": stats}), metrics
+
+
+@functools.lru_cache(maxsize=8)
+def _model_init(model):
+  """`model`'s variables from a key, compiled once per model config (its compile is most of a short
+  run's start-up on CPU; a resumed run, the test suite and the study reuse it)."""
+  # Every layer is a convolution: any input size will do.
+  return jax.jit(lambda rng: model.init(rng, jnp.zeros((1, 8, 8, 1), jnp.float32), train=False))
 
 
 def _local_rows(batch: np.ndarray) -> np.ndarray:
