@@ -14,22 +14,37 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import logging as pylogging
-import os
 import re
 import sys
-import traceback
 from typing import Sequence
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from mrsr_jax import config_loader, errors
 from mrsr_jax._tensorflow import TensorFlowMissingError
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file (a get_config() python file).",
-                                lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file (a get_config() python file) or a config name, then ':' and the "
+    "argument of its get_config().", lock_config=True)
+
+
+class _LoaderParser(flags.ArgumentParser):
+  """The parser of `--config`: the file (or name) loaded by mrsr_jax.config_loader, as the api loads
+  it; config_flags keeps what it adds, the `--config.<field>=` overrides."""
+
+  def parse(self, spec):
+    config = config_loader.load(spec)
+    config.lock()                    # an override of a field the config lacks is an error
+    return config
+
+  def flag_type(self):
+    return "config object"
+
+
+FLAGS["config"].parser = _LoaderParser()
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and reports.")
 flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"], "What to do.")
 flags.DEFINE_string("input", None, "predict: a NIfTI (.nii/.nii.gz) or fastMRI .h5 volume.")
@@ -54,18 +69,19 @@ flags.mark_flags_as_required(["config", "workdir"])
 EXIT_BAD_INPUT = 2
 
 
-class CommandLineError(ValueError):
+class CommandLineError(errors.UserError):
   """A bad flag or config file, found before anything runs."""
 
 
 def is_user_error(e: BaseException) -> bool:
   """Bad input the user can fix (reported in one line) rather than a bug (kept as a traceback).
 
-  OSError covers unreadable / unwritable / missing paths (PermissionError, FileExistsError,
-  IsADirectoryError, NotADirectoryError, FileNotFoundError); the library reports bad values, files and
-  configs as ValueError (ConfigMismatchError included) or KeyError, and a diverging run as
-  NonFiniteLossError. TensorFlow not installed: the user installs it."""
-  if isinstance(e, (OSError, ValueError, KeyError, flags.Error, app.UsageError, TensorFlowMissingError)):
+  The library raises `errors.UserError` for a bad value, file, config or workdir (ConfigMismatchError,
+  BadInputError included); OSError covers unreadable / unwritable / missing paths (PermissionError,
+  FileExistsError, IsADirectoryError, NotADirectoryError, FileNotFoundError), a diverging run is
+  NonFiniteLossError, and TensorFlow not installed is the user's to install. Any other exception,
+  a ValueError or KeyError from a library bug included, keeps its traceback."""
+  if isinstance(e, (errors.UserError, OSError, flags.Error, app.UsageError, TensorFlowMissingError)):
     return True
   loop = sys.modules.get("mrsr_jax.train.loop")     # imported by any run that can raise it
   return loop is not None and isinstance(e, loop.NonFiniteLossError)
@@ -84,7 +100,7 @@ def error_line(e: BaseException) -> str:
   return f"error: {msg}"
 
 
-# -- the config file, checked before config_flags loads it -------------------------------------------
+# -- the config file, loaded by the library's one loader (mrsr_jax/config_loader.py) ------------------
 def _config_spec(argv: Sequence[str]) -> str | None:
   for i, arg in enumerate(argv):
     m = re.match(r"^--?config(=(.*))?$", arg)
@@ -95,49 +111,8 @@ def _config_spec(argv: Sequence[str]) -> str | None:
   return None
 
 
-def _line_in(path: str, tb) -> str:
-  """' (line N)' of the innermost frame of `tb` in the file `path`, else ''."""
-  line = None
-  for frame in traceback.extract_tb(tb):
-    if os.path.abspath(frame.filename) == os.path.abspath(path):
-      line = frame.lineno
-  return f" (line {line})" if line else ""
-
-
-def load_config_file(spec: str):
-  """`path[:arg]` -> get_config(arg), with a one-line CommandLineError for each way it can fail.
-
-  config_flags would raise these as tracebacks, or only when the config is first used."""
-  path, _, arg = spec.partition(":")
-  if not path:
-    raise CommandLineError("--config: empty path; pass --config=path/to/config.py")
-  if not os.path.exists(path):
-    raise CommandLineError(f"--config={path}: no such file")
-  if not os.path.isfile(path):
-    raise CommandLineError(f"--config={path}: not a file")
-  module_spec = importlib.util.spec_from_file_location("_mrsr_run_config", path)
-  if module_spec is None:
-    raise CommandLineError(f"--config={path}: not a python file")
-  module = importlib.util.module_from_spec(module_spec)
-  try:
-    module_spec.loader.exec_module(module)
-  except SyntaxError as e:
-    raise CommandLineError(f"--config={path}: syntax error at line {e.lineno}: {e.msg}") from None
-  except Exception as e:  # the config file's own code: its error, located, not our traceback
-    raise CommandLineError(f"--config={path}: loading it failed{_line_in(path, e.__traceback__)}: "
-                           f"{type(e).__name__}: {e}") from None
-  get_config = getattr(module, "get_config", None)
-  if not callable(get_config):
-    raise CommandLineError(f"--config={path}: defines no get_config() function")
-  try:
-    config = get_config(*([arg] if arg else []))
-  except Exception as e:
-    raise CommandLineError(f"--config={spec}: get_config() failed{_line_in(path, e.__traceback__)}: "
-                           f"{type(e).__name__}: {e}") from None
-  if not hasattr(config, "keys"):
-    raise CommandLineError(f"--config={spec}: get_config() returned {type(config).__name__}, "
-                           f"not a ConfigDict")
-  return config
+# `path[:arg]` (or a config name) -> get_config(arg), one line for each way it can fail.
+load_config_file = config_loader.load
 
 
 def check_overrides(config, argv: Sequence[str], spec: str) -> None:
@@ -228,10 +203,17 @@ def run() -> None:
       evaluate.evaluate(config, FLAGS.workdir)
     elif FLAGS.through_plane:
       from mrsr_jax.through_plane import apply as through_plane
-      through_plane.predict_file(config, FLAGS.workdir, FLAGS.input, FLAGS.output,
-                                 slice_axis=FLAGS.slice_axis, slice_thickness=FLAGS.slice_thickness,
-                                 slice_spacing=FLAGS.slice_spacing, frame=FLAGS.frame,
-                                 overwrite=FLAGS.overwrite)
+      try:
+        through_plane.predict_file(config, FLAGS.workdir, FLAGS.input, FLAGS.output,
+                                   slice_axis=FLAGS.slice_axis, slice_thickness=FLAGS.slice_thickness,
+                                   slice_spacing=FLAGS.slice_spacing, frame=FLAGS.frame,
+                                   overwrite=FLAGS.overwrite)
+      except ValueError as e:
+        # Until mrsr_jax/through_plane raises errors.UserError for bad input, its ValueErrors are
+        # that (issue 25's code; issue 24 made plain ValueError a bug elsewhere).
+        if isinstance(e, errors.UserError):
+          raise
+        raise errors.UserError(str(e)) from e
     else:
       from mrsr_jax import predict
       predict.predict_file(config, FLAGS.workdir, FLAGS.input, FLAGS.output,
@@ -248,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     try:
       parse_flags(argv)
-    except (flags.Error, CommandLineError) as e:
+    except (flags.Error, errors.UserError) as e:
       print(error_line(e), file=sys.stderr)
       return EXIT_BAD_INPUT
     _setup_logging()

@@ -17,7 +17,7 @@ from mrsr_jax.losses import TABLE_ABLATIONS
 def ablation_config(row: str, run: str):
   run, _, contrast = (run or "ixi_x4").partition(":")
   try:
-    module = importlib.import_module(f"configs.sr_{run}")
+    module = importlib.import_module(f"mrsr_jax.configs.sr_{run}")
   except ModuleNotFoundError:
     raise ValueError(f"unknown base run '{run}' (ixi_x2, ixi_x4, fastmri_x2, fastmri_x4)") from None
   config = module.get_config(contrast)

@@ -1,6 +1,6 @@
 """Ablation row 'vit' of Tables 1–2 (only these loss terms besides L_adv and the pixel term)."""
 
-from configs.ablation import ablation_config
+from mrsr_jax.configs.ablation import ablation_config
 
 
 def get_config(run: str = "ixi_x4"):

@@ -21,7 +21,7 @@ them). What the demo chooses, and why:
     on scikit-image-style Gaussian + spline LR and on k-space-truncated LR alike.
 """
 
-from configs import base
+from mrsr_jax.configs import base
 
 
 # `--config=configs/demo.py:<loss>` swaps the SR loss, everything else the demo's. "eq9": Eq. 9 exactly

@@ -4,7 +4,7 @@
   python run.py --config=configs/demo_x4.py --workdir=runs/demo_x4 --mode=eval
 """
 
-from configs import demo
+from mrsr_jax.configs import demo
 
 
 def get_config():

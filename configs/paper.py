@@ -6,7 +6,7 @@ and its `:<contrast>` argument (configs/contrast.py) keep working; everything el
 
 import ml_collections
 
-from configs import base, contrast as contrast_lib
+from mrsr_jax.configs import base, contrast as contrast_lib
 
 # What a dataset changes: its slice size (IXI's 240² sub-volume, fastMRI's 320² knee) and whether the
 # stage lengths are base.py's step counts (IXI: 100 epochs of the paper's one-contrast 48,000 slices) or

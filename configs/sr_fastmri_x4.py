@@ -9,7 +9,7 @@ pairs (see there).
   python run.py --config=configs/sr_fastmri_x4.py --workdir=runs/fastmri_x4
 """
 
-from configs import paper
+from mrsr_jax.configs import paper
 
 
 def get_config(contrast: str = ""):

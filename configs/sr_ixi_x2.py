@@ -10,7 +10,7 @@ contrast's set is prepared on its own (the same subjects in the same splits):
   python run.py --config=configs/sr_ixi_x2.py:t2 --workdir=runs/ixi_x2_t2         # T2 (PD: :pd)
 """
 
-from configs import paper
+from mrsr_jax.configs import paper
 
 
 def get_config(contrast: str = ""):

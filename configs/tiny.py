@@ -1,6 +1,6 @@
 """Test-size variant of the demo: a few steps of every stage, seconds on CPU."""
 
-from configs import base, demo
+from mrsr_jax.configs import base, demo
 
 
 def get_config():

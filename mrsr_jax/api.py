@@ -26,12 +26,9 @@ workdir, or use a new workdir per experiment.
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import importlib.util
 import os
 import pathlib
 import shutil
-import sys
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -39,8 +36,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from mrsr_jax import errors
 from mrsr_jax import evaluate as evaluate_lib
-from mrsr_jax import features, losses, metrics, sharding
+from mrsr_jax import config_loader, features, inference, losses, metrics, sharding
 from mrsr_jax.data import degrade, pipeline, records
 from mrsr_jax.train import loop
 from mrsr_jax.train import pipeline as train_pipeline
@@ -68,22 +66,15 @@ ExtraLosses = Mapping[str, tuple[float, LossTerm]]
 
 # -- configs ----------------------------------------------------------------------------------------
 def find_configs_dir() -> pathlib.Path:
-  """The repository's `configs/` folder: beside the package (a clone, `pip install -e`), else in the
-  current directory or one of its parents."""
-  here = pathlib.Path(__file__).resolve().parents[1]
-  cwd = pathlib.Path.cwd().resolve()
-  for root in (here, cwd, *cwd.parents):
-    if (root / "configs" / "base.py").is_file():
-      return root / "configs"
-  raise FileNotFoundError(
-      f"no configs/ folder found beside the package ({here}) or above the current directory "
-      f"({cwd}); install the package from a clone of the repository (pip install -e .) or pass "
-      f"the path of a config file")
+  """The folder of the run configs (the package `mrsr_jax.configs`: a clone's configs/, or the
+  installed copy)."""
+  return config_loader.configs_dir()
 
 
 def load_config(name: str = "demo", *, data_dir: str | None = None,
                 overrides: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
-  """A run config by name (`"demo"`, `"tiny"`, `"sr_ixi_x4"`, `"ablation_vit:ixi_x2"`) or by path.
+  """A run config by name (`"demo"`, `"tiny"`, `"sr_ixi_x4"`, `"ablation_vit:ixi_x2"`,
+  `"compare.edsr_ixi_x4"`) or by path, loaded as run.py loads `--config` (mrsr_jax/config_loader.py).
 
   Args:
     name: a file of `configs/` without `.py`, or the path of any `get_config()` file; `:arg` after
@@ -94,57 +85,7 @@ def load_config(name: str = "demo", *, data_dir: str | None = None,
   Returns:
     A fresh ConfigDict (changing it changes nothing else).
   """
-  name, _, arg = str(name).partition(":")
-  if name.endswith(".py") or os.sep in name or "/" in name:
-    path = pathlib.Path(name).expanduser().resolve()
-    if not path.is_file():
-      raise FileNotFoundError(f"load_config: config file {path} does not exist")
-    # Config files import their base as `configs.<name>`: make the folder above configs/ importable.
-    try:
-      _import_path(find_configs_dir().parent)
-    except FileNotFoundError:
-      pass
-    spec = importlib.util.spec_from_file_location(f"_mrsr_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-  else:
-    configs_dir = find_configs_dir()
-    if not (configs_dir / f"{name}.py").is_file():
-      known = sorted(p.stem for p in configs_dir.glob("*.py") if not p.stem.startswith("_"))
-      raise ValueError(f"load_config: no config '{name}' in {configs_dir} (have: {', '.join(known)})")
-    _import_path(configs_dir.parent)
-    module = importlib.import_module(f"configs.{name}")
-    if pathlib.Path(module.__file__).resolve().parent != configs_dir.resolve():
-      raise ValueError(f"load_config: 'configs.{name}' was imported from {module.__file__}, not from "
-                       f"{configs_dir}: another package named 'configs' shadows the repository's")
-  if not hasattr(module, "get_config"):
-    raise ValueError(f"load_config: {module.__file__} has no get_config()")
-  config = module.get_config(arg) if arg else module.get_config()
-  if data_dir is not None:
-    config.data_dir = str(data_dir)
-  for key, value in (overrides or {}).items():
-    _set_field(config, key, value)
-  return config
-
-
-def _import_path(folder: pathlib.Path) -> None:
-  if str(folder) not in sys.path:
-    sys.path.insert(0, str(folder))
-
-
-def _set_field(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
-  *parents, leaf = key.split(".")
-  node = config
-  for i, part in enumerate(parents):
-    if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
-      raise ValueError(f"config override '{key}': '{'.'.join(parents[:i + 1])}' is not a config group")
-    node = node[part]
-  if leaf not in node:
-    raise ValueError(f"config override '{key}': no such field (have: {', '.join(sorted(node.keys()))})")
-  try:
-    node[leaf] = value
-  except TypeError as e:
-    raise ValueError(f"config override '{key}' = {value!r}: {e}") from None
+  return config_loader.load(name, data_dir=data_dir, overrides=overrides, what="load_config: ")
 
 
 def with_loss(config: ml_collections.ConfigDict, loss: str | Mapping[str, float]
@@ -154,11 +95,11 @@ def with_loss(config: ml_collections.ConfigDict, loss: str | Mapping[str, float]
   config = config.copy_and_resolve_references()
   if isinstance(loss, str):
     if loss not in TABLE_ABLATIONS:
-      raise ValueError(f"loss '{loss}' is not a row of Tables 1-2 (rows: {', '.join(TABLE_ABLATIONS)})")
+      raise errors.UserError(f"loss '{loss}' is not a row of Tables 1-2 (rows: {', '.join(TABLE_ABLATIONS)})")
     loss = TABLE_ABLATIONS[loss]
   for key, value in loss.items():
     if key not in config.sr.loss:
-      raise ValueError(f"loss weight '{key}' is not a field of config.sr.loss "
+      raise errors.UserError(f"loss weight '{key}' is not a field of config.sr.loss "
                        f"({', '.join(sorted(config.sr.loss.keys()))})")
     config.sr.loss[key] = value
   return config
@@ -173,7 +114,7 @@ def prepare_sample_data(config_or_data_dir: ml_collections.ConfigDict | str = "d
   """
   if isinstance(config_or_data_dir, ml_collections.ConfigDict):
     if config_or_data_dir.dataset != "sample":
-      raise ValueError(f"prepare_sample_data: config.dataset is '{config_or_data_dir.dataset}', not "
+      raise errors.UserError(f"prepare_sample_data: config.dataset is '{config_or_data_dir.dataset}', not "
                        f"'sample'; build those shards with `python -m data_prep "
                        f"--dataset={config_or_data_dir.dataset} --manual_dir=... --data_dir=...`")
     data_dir = config_or_data_dir.data_dir
@@ -218,7 +159,7 @@ def get_batch(config: ml_collections.ConfigDict, *, split: str = "test", batch_s
     if i == index:
       break
   else:
-    raise ValueError(f"get_batch: split '{split}' has fewer than {index + 1} batches of {batch_size}")
+    raise errors.UserError(f"get_batch: split '{split}' has fewer than {index + 1} batches of {batch_size}")
   keep = batch["mask"]
   hr = batch["hr"][keep].astype(np.float32)
   lr = np.asarray(make_lr(config, jnp.asarray(hr)))
@@ -260,7 +201,7 @@ def init_networks(config: ml_collections.ConfigDict, *, stages: Sequence[str] = 
   all_stages = _stages(config)
   unknown = [s for s in stages if s not in all_stages]
   if unknown:
-    raise ValueError(f"init_networks(stages): unknown stage(s) {unknown}; choose from {list(all_stages)}")
+    raise errors.UserError(f"init_networks(stages): unknown stage(s) {unknown}; choose from {list(all_stages)}")
   out = {}
   for name in stages:
     init, _ = loop.init_state(all_stages[name], mesh)
@@ -289,7 +230,7 @@ def load_feature_extractors(config: ml_collections.ConfigDict, workdir: str, *,
   """
   unknown = set(which) - set(ALL_FEATURES)
   if unknown:
-    raise ValueError(f"load_feature_extractors(which): unknown features {sorted(unknown)}; "
+    raise errors.UserError(f"load_feature_extractors(which): unknown features {sorted(unknown)}; "
                      f"choose from {ALL_FEATURES}")
   config = config.copy_and_resolve_references()
   config.sr.features_workdir = str(workdir)
@@ -336,8 +277,8 @@ def super_resolve(config: ml_collections.ConfigDict, source: str | TrainState, l
       return jax.jit(lambda v, x: gen.apply(v, x.astype(gen.dtype), train=False).astype(jnp.float32))
 
     return np.asarray(_cached(("generate", _config_key(config)), build)(variables, lr), np.float32)
-  apply, _ = evaluate_lib.load_generator(config, str(source), mesh or sharding.make_mesh())
-  return np.asarray(apply(lr), np.float32)   # a predict.Generator: compiled once per config and shape
+  apply, _ = inference.load_generator(config, str(source), mesh or sharding.make_mesh())
+  return np.asarray(apply(lr), np.float32)   # an inference.Generator: compiled once per config and shape
 
 
 # Compiled helpers by (what, config, ...): a notebook calls them again and again with new values of
@@ -379,7 +320,7 @@ def loss_breakdown(config: ml_collections.ConfigDict, batch: Mapping[str, Any], 
       fn(sr=, hr=, lr=, feats_sr=, feats_target=) -> scalar.
   """
   if "hr" not in batch:
-    raise ValueError(f"loss_breakdown(batch): needs an 'hr' entry, got keys {sorted(batch)}")
+    raise errors.UserError(f"loss_breakdown(batch): needs an 'hr' entry, got keys {sorted(batch)}")
   extra = dict(extra_losses or {})
   which = set()
   if "vit" in frozen:
@@ -390,7 +331,7 @@ def loss_breakdown(config: ml_collections.ConfigDict, batch: Mapping[str, Any], 
   missing = [t for t, feat in (("vit", "vit"), ("str", "z_s"), ("tex", "z_t"))
              if weights[t] and feat not in which]
   if missing:
-    raise ValueError(f"loss_breakdown: the config weighs {missing} but `frozen` has no features for "
+    raise errors.UserError(f"loss_breakdown: the config weighs {missing} but `frozen` has no features for "
                      f"them; load them with load_feature_extractors(config, workdir)")
   # Weight 1 for every term we have inputs for: `sr_generator_loss` then returns all of them unweighted.
   every = {"adv_weight": 1.0, "pixel_weight": 1.0, "lambda_vit": float("vit" in which),
@@ -399,10 +340,10 @@ def loss_breakdown(config: ml_collections.ConfigDict, batch: Mapping[str, Any], 
   hr = jnp.asarray(batch["hr"], jnp.float32)
   sr = None if sr is None else jnp.asarray(sr, jnp.float32)
   if sr is not None and sr.shape != hr.shape:
-    raise ValueError(f"loss_breakdown(sr): shape {sr.shape} differs from the HR batch {hr.shape}")
+    raise errors.UserError(f"loss_breakdown(sr): shape {sr.shape} differs from the HR batch {hr.shape}")
   for name, spec in extra.items():
     if not (isinstance(spec, tuple) and len(spec) == 2 and callable(spec[1])):
-      raise ValueError(f"extra_losses['{name}'] must be a (weight, function) pair, got {spec!r}")
+      raise errors.UserError(f"extra_losses['{name}'] must be a (weight, function) pair, got {spec!r}")
   key = ("breakdown", _config_key(config), frozenset(which),
          tuple((name, float(w), fn) for name, (w, fn) in extra.items()))
   compute = _cached(key, lambda: jax.jit(
@@ -437,7 +378,7 @@ def _breakdown_fn(config, which: set[str], every: dict[str, float], extra: dict[
       terms[name] = jnp.asarray(fn(sr=sr, hr=hr, lr=lr, feats_sr=feats_sr, feats_target=feats_target),
                                 jnp.float32)
       if terms[name].shape != ():
-        raise ValueError(f"extra loss '{name}' must return a scalar, got shape {terms[name].shape}")
+        raise errors.UserError(f"extra loss '{name}' must return a scalar, got shape {terms[name].shape}")
       total = total + weight * terms[name]
     terms.pop("total")
     return terms, total
@@ -449,7 +390,7 @@ def loss_table(breakdowns: Mapping[str, LossBreakdown]) -> str:
   """A Markdown table: one row per breakdown (unweighted terms and the weighted total), then the
   weights. In a notebook: `IPython.display.Markdown(api.loss_table({...}))`."""
   if not breakdowns:
-    raise ValueError("loss_table: no breakdowns given")
+    raise errors.UserError("loss_table: no breakdowns given")
   names = list(dict.fromkeys(k for b in breakdowns.values() for k in b.terms))
   lines = ["| | " + " | ".join(f"L_{n}" for n in names) + " | total |",
            "|---|" + "---:|" * (len(names) + 1)]
@@ -564,7 +505,7 @@ def plot_curves(runs: Mapping[str, str], *, stage: str = "sr", keys: Sequence[st
     keys = sorted({k[len(prefix):] for c in curves.values() for k in c
                    if k.startswith(prefix) and ("loss" in k or k[len(prefix):].startswith("g_"))})
   if not keys:
-    raise ValueError(f"plot_curves: no '{stage}' metrics to plot in {dict(runs)}")
+    raise errors.UserError(f"plot_curves: no '{stage}' metrics to plot in {dict(runs)}")
   cols = min(len(keys), 4)
   rows = -(-len(keys) // cols)
   fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
@@ -645,7 +586,7 @@ def _as_image(x: Any, index: int) -> np.ndarray:
   if x.ndim == 3 and x.shape[-1] == 1:
     x = x[..., 0]
   if x.ndim != 2:
-    raise ValueError(f"show_images: expected [H, W], [H, W, 1] or [B, H, W, 1], got shape {x.shape}")
+    raise errors.UserError(f"show_images: expected [H, W], [H, W, 1] or [B, H, W, 1], got shape {x.shape}")
   return x
 
 

@@ -16,6 +16,7 @@ import os
 
 import ml_collections
 
+from mrsr_jax import errors
 from mrsr_jax import models
 
 # A baseline's loss: its paper's pixel term alone (no adversarial or feature terms: no D, no extractors).
@@ -46,12 +47,12 @@ def check(config: ml_collections.ConfigDict) -> None:
   known = [a for a in models.GENERATORS if a != "srgan"]
   for arch in names:
     if arch not in known:
-      raise ValueError(f"config.baselines: {arch!r} is not a comparison network; expected some of "
+      raise errors.UserError(f"config.baselines: {arch!r} is not a comparison network; expected some of "
                        f"{', '.join(repr(a) for a in known)}")
   if len(set(names)) != len(names):
-    raise ValueError(f"config.baselines: {names} names a network twice")
+    raise errors.UserError(f"config.baselines: {names} names a network twice")
   size = config.baselines_size
   for arch in names:
     if size not in models.PRESETS[arch]:
-      raise ValueError(f"config.baselines_size = {size!r}: {arch!r} has sizes "
+      raise errors.UserError(f"config.baselines_size = {size!r}: {arch!r} has sizes "
                        f"{', '.join(repr(s) for s in models.PRESETS[arch])}")

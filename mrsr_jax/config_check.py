@@ -21,6 +21,7 @@ from typing import Any, Iterable, Mapping
 
 import ml_collections
 
+from mrsr_jax import errors
 from mrsr_jax import config_schema
 from mrsr_jax.config_schema import STAGE_NAMES, fail as _fail
 
@@ -38,7 +39,7 @@ FEATURE_FIELDS = {"vit": ("crop_size", "vit.model", "vit.pretext", "vit.num_bins
                   "ae": ("crop_size", "ae.model", "ae.crop_size")}
 
 
-class ConfigMismatchError(ValueError):
+class ConfigMismatchError(errors.UserError):
   """A rerun's config disagrees with the config its workdir's checkpoints were trained with."""
 
 
@@ -47,7 +48,7 @@ def _get(config, field: str) -> Any:
   node = config
   for part in field.split("."):
     if part not in node:
-      raise ValueError(f"config.{field} is missing (the config file must define it; "
+      raise errors.UserError(f"config.{field} is missing (the config file must define it; "
                        f"configs/base.py's get_config() has every field)")
     node = node[part]
   return node
@@ -241,10 +242,10 @@ def read_config_json(path: str) -> dict[str, Any]:
     with open(path) as f:
       tree = json.load(f)
   except json.JSONDecodeError as e:
-    raise ValueError(f"{path}: not valid JSON ({e}); it records how this workdir was trained: restore "
+    raise errors.UserError(f"{path}: not valid JSON ({e}); it records how this workdir was trained: restore "
                      f"it, or use a new workdir") from None
   if not isinstance(tree, dict):
-    raise ValueError(f"{path}: not a config (a JSON object expected)")
+    raise errors.UserError(f"{path}: not a config (a JSON object expected)")
   return tree
 
 

@@ -27,6 +27,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import ml_collections
 
+from mrsr_jax import errors
+
 STAGE_NAMES = ("vit", "ae", "sr")
 
 
@@ -40,7 +42,7 @@ SAME = _Same()   # `Field.absent` when a config without the field meant its defa
 
 # -- checks: each raises ValueError("config.<name> = <value>: <what it must be>") -------------------
 def fail(name: str, value: Any, need: str) -> None:
-  raise ValueError(f"config.{name} = {value!r}: {need}")
+  raise errors.UserError(f"config.{name} = {value!r}: {need}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -335,7 +337,7 @@ class Schema:
     """This schema with more fields (a config that adds its own section, and the code reading it)."""
     clash = [e.name for e in entries if e.name in self.by_name]
     if clash:
-      raise ValueError(f"config fields declared twice: {clash}")
+      raise errors.UserError(f"config fields declared twice: {clash}")
     return Schema(self.entries + tuple(entries), self.open_defaults)
 
   def default_config(self) -> ml_collections.ConfigDict:

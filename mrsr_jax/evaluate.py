@@ -39,39 +39,19 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from mrsr_jax import errors
 from mrsr_jax import baselines, config_schema
 from mrsr_jax import metrics as metrics_lib
-from mrsr_jax import predict
 from mrsr_jax import sharding
 from mrsr_jax.data import degrade, pipeline, records
-from mrsr_jax.train import checkpoints, loop
-from mrsr_jax.train.stage_sr import SRStage, make_lr, restore_state
+from mrsr_jax.inference import load_generator
+from mrsr_jax.train import loop
+from mrsr_jax.train.stage_sr import make_lr
 
 METRICS = ("psnr", "ssim", "nmse")
 
 
-# -- restoring generators ---------------------------------------------------------------------------
-def load_generator(config: ml_collections.ConfigDict, workdir: str, mesh) -> tuple[Any, dict]:
-  """(`predict.Generator`: lr -> sr, info) of the SR generator trained in `workdir` (its latest
-  checkpoint)."""
-  stage = SRStage(config, workdir)
-  directory = os.path.join(stage.dir, "checkpoints")
-  if checkpoints.latest_step(directory) is None:
-    raise FileNotFoundError(f"{workdir}: no trained SR checkpoint in {directory}; train first "
-                            f"(python run.py --config=... --workdir={workdir})")
-  meta = checkpoints.read_meta(directory)
-  trained = json.loads(meta["config"]) if isinstance(meta.get("config"), str) else {}
-  if trained and trained.get("scale") != config.scale:
-    raise ValueError(f"{workdir}: the checkpoint was trained for scale {trained.get('scale')}, "
-                     f"not {config.scale}")
-  state, step = restore_state(stage, mesh)
-  variables = {"params": state.params["gen"], "batch_stats": state.batch_stats["gen"]}
-  # The training stage's own generator module (the same code and conv_impl as its train step); the
-  # variables are arguments, so every load of this config shares one executable per shape.
-  apply = predict.Generator(stage.gen, variables, jnp.dtype(config.dtype).name)
-  return apply, {"workdir": os.path.abspath(workdir), "step": int(step)}
-
-
+# -- the rows' generators (restored by inference.load_generator) ------------------------------------
 def workdir_config(workdir: str, fallback: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The config a run was trained with (its config.json, with the fields added since it was written
   set to what their absence meant), else `fallback`."""
@@ -98,12 +78,12 @@ def lr_models(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   models = (models,) if isinstance(models, str) else tuple(models)
   unknown = [m for m in models if m not in degrade.METHODS]
   if unknown:
-    raise ValueError(f"config.eval.lr_models: unknown LR model(s) {unknown}; expected some of "
+    raise errors.UserError(f"config.eval.lr_models: unknown LR model(s) {unknown}; expected some of "
                      f"{degrade.METHODS}")
   if len(set(models)) != len(models):
-    raise ValueError(f"config.eval.lr_models: {models} lists an LR model twice")
+    raise errors.UserError(f"config.eval.lr_models: {models} lists an LR model twice")
   if config.degradation not in degrade.METHODS:
-    raise ValueError(f"config.degradation: unknown degradation {config.degradation!r}; expected one "
+    raise errors.UserError(f"config.degradation: unknown degradation {config.degradation!r}; expected one "
                      f"of {degrade.METHODS}")
   if config.degradation not in models:
     models = (config.degradation,) + models
@@ -188,14 +168,14 @@ def _merge_view(views: dict[str, dict[str, Any]], vid: str, view: dict[str, Any]
   try:
     orient = figures.check_orientation(view["orientation"])
   except ValueError as e:
-    raise ValueError(f"volume {vid}: {e}") from None
+    raise errors.UserError(f"volume {vid}: {e}") from None
   box = [int(x) for x in view["box"]]
   if vid not in views:
     views[vid] = {"orientation": orient, "box": box}
     return
   have = views[vid]
   if have["orientation"] != orient:
-    raise ValueError(f"volume {vid}: its slices disagree on the orientation "
+    raise errors.UserError(f"volume {vid}: its slices disagree on the orientation "
                      f"({have['orientation']!r} and {orient!r})")
   b = have["box"]
   have["box"] = [min(b[0], box[0]), max(b[1], box[1]), min(b[2], box[2]), max(b[3], box[3])]
@@ -252,7 +232,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> dict
   mesh = mesh or sharding.make_mesh()
   sharding.check_batch_size(config.eval.batch_size, mesh)
   if config.eval.size % config.scale:
-    raise ValueError(f"config.eval.size {config.eval.size} is not divisible by scale {config.scale}")
+    raise errors.UserError(f"config.eval.size {config.eval.size} is not divisible by scale {config.scale}")
   methods = lr_models(config)
   info = records.read_info(loop.dataset_dir(config))
   labels = info["labels"]
@@ -271,7 +251,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> dict
 
   vol_max, vol_slices, vol_label, vol_view = _scan_split(config, split, labels)
   if not vol_max:
-    raise ValueError(f"{loop.dataset_dir(config)}: the '{split}' split has no slices")
+    raise errors.UserError(f"{loop.dataset_dir(config)}: the '{split}' split has no slices")
   # Integer ids travel with the slices through the gather; every process builds the same list.
   vid_list = sorted(vol_max)
   vid_index = {v: i for i, v in enumerate(vid_list)}

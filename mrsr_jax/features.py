@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mrsr_jax import errors
 from mrsr_jax.models import swap_ae, vit as vit_lib
 
 
@@ -19,7 +20,7 @@ def vit_module(config: ml_collections.ConfigDict, size: int, remat: bool = False
   """The 2D ViT the pipeline fine-tunes and uses, for square slices of `size` (`remat`: its blocks
   rematerialised, for a pass that is differentiated; the same values)."""
   if size % config.vit.model.patch_size:
-    raise ValueError(f"crop_size {size} is not a multiple of the ViT patch size "
+    raise errors.UserError(f"crop_size {size} is not a multiple of the ViT patch size "
                      f"{config.vit.model.patch_size}")
   return vit_lib.ViT(img_size=(size, size), in_channels=1, dtype=jnp.dtype(config.dtype), remat=remat,
                      **config.vit.model)
@@ -43,7 +44,7 @@ def ae_frame(config: ml_collections.ConfigDict, images: jax.Array) -> jax.Array:
   if mode == "sr":
     return images
   if mode != "ae":
-    raise ValueError(f"sr.loss.ae_frame must be 'ae' or 'sr', got {mode!r}")
+    raise errors.UserError(f"sr.loss.ae_frame must be 'ae' or 'sr', got {mode!r}")
   size = config.ae.crop_size or config.crop_size
   ph, pw = max(size - images.shape[1], 0), max(size - images.shape[2], 0)
   if not (ph or pw):

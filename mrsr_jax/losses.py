@@ -23,6 +23,8 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
+from mrsr_jax import errors
+
 # Eq. 9's lambdas as the paper sets them (section 4.1): lambda_1 = lambda_2 = 1, lambda_3 = 0.9.
 PAPER_LAMBDAS = {"lambda_vit": 1.0, "lambda_str": 1.0, "lambda_tex": 0.9}
 
@@ -37,7 +39,7 @@ TABLE_ABLATIONS: dict[str, dict[str, float]] = {
     "tex+str": {"lambda_vit": 0.0, "lambda_str": 1.0, "lambda_tex": 0.9},
 }
 
-# Defaults of the weights `sr_generator_loss` reads; `pixel_weight` is ours (DESIGN.md, SR network).
+# Defaults of the weights `sr_generator_loss` reads; `pixel_weight` is ours (docs/design.md, SR network).
 SR_WEIGHT_DEFAULTS = {"adv_weight": 1.0, **PAPER_LAMBDAS, "pixel_weight": 1.0}
 
 
@@ -78,7 +80,7 @@ def pixel_loss(weights: Any):
   else:
     form = getattr(weights, "pixel", "l1")
   if form not in PIXEL_LOSSES:
-    raise ValueError(f"sr.loss.pixel = {form!r}: must be one of {', '.join(repr(k) for k in PIXEL_LOSSES)}")
+    raise errors.UserError(f"sr.loss.pixel = {form!r}: must be one of {', '.join(repr(k) for k in PIXEL_LOSSES)}")
   return PIXEL_LOSSES[form]
 
 
@@ -191,7 +193,7 @@ def sr_generator_loss(
 
   L_adv is Eq. 9's (Eq. 21) non-saturating -log D(y) on D's logits for the SR images y; L_ViT (Eq. 8)
   and L_str, L_tex (Eq. 7) are cosine losses between features of y and of the target; the L1 to HR
-  is not in Eq. 9 (DESIGN.md adds it, `pixel_weight=0` gives the paper's loss exactly). P is the L1
+  is not in Eq. 9 (docs/design.md adds it, `pixel_weight=0` gives the paper's loss exactly). P is the L1
   (`pixel="l1"`, the default) or the mean squared error (`pixel="mse"`, as SRCNN and VDSR train).
 
   Which target: the caller decides and passes its features as `feats_target`. With

@@ -14,6 +14,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from mrsr_jax import errors
+
 DATA_AXIS = "data"
 
 
@@ -33,16 +35,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
   n = mesh.devices.size
   if global_batch_size % n:
-    raise ValueError(
+    raise errors.UserError(
         f"global batch size {global_batch_size} is not divisible by the {n} devices of the mesh; "
         f"choose a multiple of {n}")
-
-
-def local_batch_size(global_batch_size: int) -> int:
-  """The share of the global batch this process feeds (its local devices' part)."""
-  if global_batch_size % jax.process_count():
-    raise ValueError(f"global batch {global_batch_size} not divisible by {jax.process_count()} processes")
-  return global_batch_size // jax.process_count()
 
 
 def to_global(local_batch: Any, mesh: Mesh) -> Any:

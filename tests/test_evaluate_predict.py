@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mrsr_jax import evaluate, predict
+from mrsr_jax import evaluate, inference, predict
 from mrsr_jax.data import degrade, pipeline, records
 from mrsr_jax.train import loop
 
@@ -178,7 +178,7 @@ def test_predict_maps_intensities_back(trained, tmp_path, monkeypatch):
   and the way back are exact. float32, since super-resolved values are not the input's integers."""
   config, workdir, _ = trained
   s = config.scale
-  monkeypatch.setattr(evaluate, "load_generator", lambda cfg, wd, mesh: (
+  monkeypatch.setattr(inference, "load_generator", lambda cfg, wd, mesh: (
       lambda lr: degrade.upsample_bicubic(lr, s), {"workdir": wd, "step": 0}))
   src = nibabel_anatomical()
   out = str(tmp_path / "bicubic.nii")
@@ -240,7 +240,7 @@ def test_predict_fastmri_h5(trained, tmp_path, monkeypatch):
   # The stored slices are what is super-resolved, each in place: with bicubic standing in for the
   # generator the output is each h5 slice's bicubic upsampling, in the file's units (a transposed,
   # reordered or rescaled read would not be).
-  monkeypatch.setattr(evaluate, "load_generator", lambda cfg, wd, mesh: (
+  monkeypatch.setattr(inference, "load_generator", lambda cfg, wd, mesh: (
       lambda lr: degrade.upsample_bicubic(lr, s), {"workdir": wd, "step": 0}))
   out = str(tmp_path / "knee_bicubic.nii.gz")
   predict.predict_file(config, workdir, path, out)

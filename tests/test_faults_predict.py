@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from mrsr_jax import evaluate, predict
+from mrsr_jax import inference, predict
 from mrsr_jax.data import degrade
 
 ANATOMICAL = os.path.join(os.path.dirname(nib.__file__), "tests", "data", "anatomical.nii")
@@ -66,7 +66,7 @@ def stub(trained, monkeypatch):
   """(config, workdir) with bicubic as the generator: file handling and geometry without a model."""
   config, workdir, _ = trained
   s = config.scale
-  monkeypatch.setattr(evaluate, "load_generator", lambda cfg, wd, mesh: (
+  monkeypatch.setattr(inference, "load_generator", lambda cfg, wd, mesh: (
       lambda lr: degrade.upsample_bicubic(lr, s), {"workdir": wd, "step": 0}))
   return config, workdir
 
@@ -78,7 +78,7 @@ def no_model(trained, monkeypatch):
 
   def fail(*a, **k):
     raise AssertionError("the model was loaded before the bad input was reported")
-  monkeypatch.setattr(evaluate, "load_generator", fail)
+  monkeypatch.setattr(inference, "load_generator", fail)
   return config, workdir
 
 
@@ -143,7 +143,7 @@ def test_scaled_integer_input_keeps_its_range(trained, tmp_path, monkeypatch, so
   assert got.max() > 0.95 * data_in.max() > 2550
   # The same file with bicubic as the generator: exactly bicubic, whole range.
   s = config.scale
-  monkeypatch.setattr(evaluate, "load_generator", lambda cfg, wd, mesh: (
+  monkeypatch.setattr(inference, "load_generator", lambda cfg, wd, mesh: (
       lambda lr: degrade.upsample_bicubic(lr, s), {"workdir": wd, "step": 0}))
   out_b = str(tmp_path / "bicubic.nii.gz")
   predict.predict_file(config, workdir, src, out_b)
@@ -258,7 +258,7 @@ def test_failed_write_leaves_nothing_and_keeps_old_output(stub, tmp_path, monkey
 
 def test_non_finite_generator_output_not_written(trained, tmp_path, monkeypatch):
   config, workdir, _ = trained
-  monkeypatch.setattr(evaluate, "load_generator", lambda cfg, wd, mesh: (
+  monkeypatch.setattr(inference, "load_generator", lambda cfg, wd, mesh: (
       lambda lr: degrade.upsample_bicubic(lr, cfg.scale) * np.nan, {"workdir": wd, "step": 3}))
   src = save(tmp_path / "scan.nii", anatomical()[:16, :16, :8])
   out = tmp_path / "out.nii"

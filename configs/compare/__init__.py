@@ -15,7 +15,7 @@ budget, and microbatching unless the network needs more memory) with
 
 import ml_collections
 
-from configs import sr_ixi_x4
+from mrsr_jax.configs import sr_ixi_x4
 
 METHODS = ("srcnn", "vdsr", "edsr", "rdn")
 

@@ -9,7 +9,7 @@ network).
   python run.py --config=configs/compare/edsr_ixi_x4.py:t2 --workdir=runs/compare/edsr_ixi_x4_t2  # T2
 """
 
-from configs import compare
+from mrsr_jax.configs import compare
 
 
 def get_config(contrast: str = ""):

@@ -1,4 +1,4 @@
-"""Low-resolution inputs made on the fly from HR slices (DESIGN.md, Data: "Low-resolution input").
+"""Low-resolution inputs made on the fly from HR slices (docs/design.md, Data: "Low-resolution input").
 
 One implementation serves training, evaluation and prediction, so the LR a model is trained on is made
 exactly as the LR it is scored on. Everything here is a pure JAX function of a channels-last float
@@ -42,6 +42,8 @@ import numbers
 
 import jax
 import jax.numpy as jnp
+
+from mrsr_jax import errors
 
 METHODS = ("bicubic", "gaussian", "kspace")
 
@@ -207,9 +209,9 @@ def downsample(hr: jax.Array, scale: int, method: str = "bicubic", hamming: bool
   _check_batch(hr, scale, "downsample(hr)", divisible=True)
   scale = int(scale)
   if method not in METHODS:
-    raise ValueError(f"downsample(method): unknown degradation {method!r}; expected one of {METHODS}")
+    raise errors.UserError(f"downsample(method): unknown degradation {method!r}; expected one of {METHODS}")
   if hamming and method != "kspace":
-    raise ValueError(f"downsample(hamming): the Hamming window applies to method='kspace' only, got {method!r}")
+    raise errors.UserError(f"downsample(hamming): the Hamming window applies to method='kspace' only, got {method!r}")
   hr = hr.astype(jnp.float32)
   if scale == 1:
     return hr
@@ -282,12 +284,12 @@ def random_downsample(hr: jax.Array, scale: int, rng: jax.Array, *, weights: dic
   _check_batch(hr, scale, "random_downsample(hr)", divisible=True)
   unknown = sorted(set(weights) - set(METHODS))
   if unknown:
-    raise ValueError(f"random_downsample(weights): unknown degradations {unknown}; expected some of {METHODS}")
+    raise errors.UserError(f"random_downsample(weights): unknown degradations {unknown}; expected some of {METHODS}")
   names = [m for m in METHODS if float(weights.get(m, 0.0)) > 0.0]
   if not names or any(float(w) < 0 for w in weights.values()):
-    raise ValueError(f"random_downsample(weights): need non-negative weights, at least one > 0; got {dict(weights)}")
+    raise errors.UserError(f"random_downsample(weights): need non-negative weights, at least one > 0; got {dict(weights)}")
   if not 0.0 <= sigma_jitter < 1.0:
-    raise ValueError(f"random_downsample(sigma_jitter): must be in [0, 1), got {sigma_jitter}")
+    raise errors.UserError(f"random_downsample(sigma_jitter): must be in [0, 1), got {sigma_jitter}")
   scale = int(scale)
   hr = hr.astype(jnp.float32)
   b = hr.shape[0]

@@ -20,6 +20,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from mrsr_jax import errors
 from mrsr_jax.data.volumes import BadInputError
 
 # Which reconstruction stands for the image when a file has several, in this order; `kspace` (RSS of
@@ -45,7 +46,7 @@ def header_spaces(xml: bytes | str) -> dict[str, dict[str, tuple[float, float, f
   try:
     root = ET.fromstring(xml)
   except ET.ParseError as e:
-    raise ValueError(f"ismrmrd_header is not valid XML ({e})") from e
+    raise errors.UserError(f"ismrmrd_header is not valid XML ({e})") from e
   out: dict[str, dict[str, Any]] = {}
   try:
     encoding = _child(root, "encoding")
@@ -137,7 +138,7 @@ def file_spaces(f: h5py.File) -> dict[str, dict[str, tuple[float, float, float]]
     raw = f["ismrmrd_header"][()]
     raw = raw.encode() if isinstance(raw, str) else bytes(raw)
   except Exception as e:
-    raise ValueError(f"ismrmrd_header is unreadable ({type(e).__name__}: {e})") from e
+    raise errors.UserError(f"ismrmrd_header is unreadable ({type(e).__name__}: {e})") from e
   return header_spaces(raw)
 
 

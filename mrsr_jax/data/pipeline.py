@@ -47,6 +47,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from mrsr_jax import errors
 from mrsr_jax.data import records
 
 DEFAULT_SHUFFLE_BUFFER = 1024
@@ -63,14 +64,14 @@ def _host(process_index: int | None, process_count: int | None) -> tuple[int, in
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
   if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index={process_index} not in [0, process_count={process_count})")
+    raise errors.UserError(f"process_index={process_index} not in [0, process_count={process_count})")
   return process_index, process_count
 
 
 def _split_size(info: dict[str, Any], split: str) -> int:
   s = info["splits"].get(split)
   if not s or not s.get("num_examples"):
-    raise ValueError(f"{info['path']}: split '{split}' has no slices (splits: "
+    raise errors.UserError(f"{info['path']}: split '{split}' has no slices (splits: "
                      f"{ {k: v.get('num_examples', 0) for k, v in info['splits'].items()} })")
   return int(s["num_examples"])
 
@@ -88,14 +89,9 @@ def eval_num_batches(dataset_dir: str, split: str, global_batch_size: int, proce
   return max(math.ceil(host_num_examples(dataset_dir, split, i, process_count) / b) for i in range(process_count))
 
 
-def steps_per_epoch(dataset_dir: str, split: str, global_batch_size: int) -> int:
-  """Training steps per pass over a split (remainder dropped)."""
-  return _split_size(dataset_info(dataset_dir), split) // global_batch_size
-
-
 def _local_batch(global_batch_size: int, process_count: int) -> int:
   if global_batch_size < 1 or global_batch_size % process_count:
-    raise ValueError(f"global_batch_size={global_batch_size} must be a positive multiple of "
+    raise errors.UserError(f"global_batch_size={global_batch_size} must be a positive multiple of "
                      f"process_count={process_count}")
   return global_batch_size // process_count
 
@@ -135,13 +131,13 @@ def create_dataset(
   process_index, process_count = _host(process_index, process_count)
   b = _local_batch(global_batch_size, process_count)
   if start_step < 0:
-    raise ValueError(f"start_step must be >= 0, got {start_step}")
+    raise errors.UserError(f"start_step must be >= 0, got {start_step}")
   info = dataset_info(dataset_dir)
   _split_size(info, split)
   if crop_size is None:
     shapes = info["slice_shapes"]
     if len(shapes) != 1 or shapes[0][0] != shapes[0][1]:
-      raise ValueError(f"{info['path']}: crop_size=None needs one square slice shape, have {shapes}")
+      raise errors.UserError(f"{info['path']}: crop_size=None needs one square slice shape, have {shapes}")
     crop_size = int(shapes[0][0])
 
   n = host_num_examples(dataset_dir, split, process_index, process_count)

@@ -31,6 +31,8 @@ import os
 import re
 from typing import Any, Mapping
 
+from mrsr_jax import errors
+
 SPLITS = ("train", "test", "val")
 # The record file formats a dataset may be built in (TFDS's names); the first is data_prep's default:
 # ArrayRecord is read with and without TensorFlow, TFRecord only by tf.data (docs/data.md).
@@ -83,11 +85,11 @@ def example(*, image, dataset: str, contrast: str, subject: str, slice_index: in
 
   image = np.asarray(image, np.float32)
   if image.ndim != 2:
-    raise ValueError(f"a record holds one 2D slice, got shape {image.shape}")
+    raise errors.UserError(f"a record holds one 2D slice, got shape {image.shape}")
   if not np.all(np.isfinite(image)):
-    raise ValueError(f"{source}: slice {slice_index} has NaN or Inf values")
+    raise errors.UserError(f"{source}: slice {slice_index} has NaN or Inf values")
   if orientation and (len(orientation) != 2 or not set(orientation) <= set("LRAPSI")):
-    raise ValueError(f"{source}: orientation must be two of L/R/A/P/S/I or '', got {orientation!r}")
+    raise errors.UserError(f"{source}: orientation must be two of L/R/A/P/S/I or '', got {orientation!r}")
   return {"image": image, "dataset": dataset, "contrast": contrast, "subject": subject,
           "slice_index": int(slice_index), "spacing": np.asarray(spacing, np.float32).reshape(3),
           "intensity_scale": np.float32(intensity_scale), "source": source, "orientation": orientation}
@@ -208,7 +210,7 @@ def data_source(dataset_dir: str, split: str):
   records (numpy arrays, Python scalars, text as bytes). Needs no TensorFlow."""
   info = read_info(dataset_dir)
   if info["file_format"] != "array_record":
-    raise ValueError(f"{info['path']}: its records are {info['file_format']} files, which only tf.data "
+    raise errors.UserError(f"{info['path']}: its records are {info['file_format']} files, which only tf.data "
                      f"reads; read it through mrsr_jax.data.pipeline, or rebuild it as ArrayRecord with "
                      f"{_build_hint(info['path'])}")
   return builder(dataset_dir).as_data_source(split=split)
@@ -221,7 +223,7 @@ def _metadata(path: str) -> dict[str, Any]:
   except FileNotFoundError:
     return {}
   except ValueError as e:
-    raise ValueError(f"{path}/metadata.json: corrupt dataset metadata ({e})") from e
+    raise errors.UserError(f"{path}/metadata.json: corrupt dataset metadata ({e})") from e
 
 
 def read_info(dataset_dir: str) -> dict[str, Any]:
@@ -239,7 +241,7 @@ def read_info(dataset_dir: str) -> dict[str, Any]:
     with open(os.path.join(path, "features.json")) as f:
       feats = json.load(f)
   except (OSError, ValueError) as e:
-    raise ValueError(f"{path}: unreadable TFDS dataset info ({e}); rebuild with {_build_hint(path)}") from e
+    raise errors.UserError(f"{path}: unreadable TFDS dataset info ({e}); rebuild with {_build_hint(path)}") from e
   meta = _metadata(path)
   splits = {}
   for s in tfds_info.get("splits", []):
@@ -258,7 +260,7 @@ def read_info(dataset_dir: str) -> dict[str, Any]:
   # TFDS records the format; sets it wrote before it did so are TFRecord (its only format then).
   file_format = tfds_info.get("fileFormat") or "tfrecord"
   if file_format not in FILE_FORMATS:
-    raise ValueError(f"{path}/dataset_info.json: fileFormat {file_format!r} is not one this project "
+    raise errors.UserError(f"{path}/dataset_info.json: fileFormat {file_format!r} is not one this project "
                      f"reads ({', '.join(FILE_FORMATS)}); rebuild with {_build_hint(path)}")
   return {
       "name": tfds_info.get("name", ""), "config": tfds_info.get("configName", ""),
@@ -276,7 +278,7 @@ def check_split(dataset_dir: str, split: str) -> dict[str, Any]:
   counts = {k: v["num_examples"] for k, v in info["splits"].items()}
   if not counts.get(split):
     state = "is empty" if split in counts else "does not exist"
-    raise ValueError(f"{info['path']}: split '{split}' {state} (slices per split: {counts})")
+    raise errors.UserError(f"{info['path']}: split '{split}' {state} (slices per split: {counts})")
   if info["file_format"] == "tfrecord":
     import importlib.util
 
@@ -301,7 +303,7 @@ def list_shards(dataset_dir: str, split: str) -> list[str]:
   info = check_split(dataset_dir, split)
   files = [f for f in sorted(os.listdir(info["path"])) if re.match(rf"^{re.escape(info['name'])}-{split}\.", f)]
   if len(files) != info["splits"][split]["num_shards"]:
-    raise ValueError(f"{info['path']}: split '{split}' should have {info['splits'][split]['num_shards']} "
+    raise errors.UserError(f"{info['path']}: split '{split}' should have {info['splits'][split]['num_shards']} "
                      f"record file(s), found {len(files)}; rebuild with {_build_hint(info['path'])}")
   return [os.path.join(info["path"], f) for f in files]
 
@@ -327,5 +329,5 @@ def split_size(info: Mapping[str, Any], split: str) -> int:
   try:
     return int(info["splits"][split]["num_examples"])
   except (KeyError, TypeError):
-    raise KeyError(f"dataset info has no slice count for split '{split}' "
+    raise errors.UserError(f"dataset info has no slice count for split '{split}' "
                    f"(expected info['splits']['{split}']['num_examples'])") from None

@@ -27,11 +27,13 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations
 
+from mrsr_jax import errors
+
 # The percentile a volume is divided by (then clipped to [0, 1]): training slices and predict's input.
 ROBUST_PERCENTILE = 99.5
 
 
-class BadInputError(ValueError):
+class BadInputError(errors.UserError):
   """An input file that cannot be used, with the file and the problem on one line.
 
   data_prep reports it and skips the file; predict stops with it.

@@ -4,6 +4,7 @@ its Tables 1-2 (SRCNN, VDSR, EDSR, RDN), selected by `config.sr.arch` through `G
 
 import dataclasses
 
+from mrsr_jax import errors
 from mrsr_jax.models.edsr import EDSR
 from mrsr_jax.models.monai_import import convert_unetr_state_dict, convert_vit_state_dict
 from mrsr_jax.models.rdn import RDN
@@ -19,7 +20,7 @@ from mrsr_jax.models import edsr, rdn, srcnn, vdsr
 GENERATORS = {"srgan": SRGenerator, "srcnn": SRCNN, "vdsr": VDSR, "edsr": EDSR, "rdn": RDN}
 
 # The pixel loss each paper trained with (`config.sr.loss.pixel`): SRCNN and VDSR the mean squared
-# error, EDSR and RDN L1 (both papers found it trains better than L2); ours L1 (DESIGN.md).
+# error, EDSR and RDN L1 (both papers found it trains better than L2); ours L1 (docs/design.md).
 LOSS = {"srcnn": "mse", "vdsr": "mse", "edsr": "l1", "rdn": "l1", "srgan": "l1"}
 
 # The project's generator: "paper" is the paper configs' (configs/base.py: App. E's 16 blocks x 64,
@@ -39,7 +40,7 @@ _NOT_MODEL_FIELDS = ("scale", "dtype", "param_dtype", "remat", "conv_impl", "par
 def check_arch(arch: str) -> type:
   """The generator class of `arch`, or one error listing the known ones."""
   if arch not in GENERATORS:
-    raise ValueError(f"config.sr.arch = {arch!r}: unknown generator; expected one of "
+    raise errors.UserError(f"config.sr.arch = {arch!r}: unknown generator; expected one of "
                      f"{', '.join(repr(a) for a in GENERATORS)}")
   return GENERATORS[arch]
 
@@ -55,7 +56,7 @@ def check_model_fields(arch: str, fields) -> None:
   valid = model_fields(arch)
   unknown = [k for k in fields if k not in valid]
   if unknown:
-    raise ValueError(f"config.sr.model.{unknown[0]}: the {arch!r} generator (config.sr.arch) has no "
+    raise errors.UserError(f"config.sr.model.{unknown[0]}: the {arch!r} generator (config.sr.arch) has no "
                      f"field{'s' if len(unknown) > 1 else ''} {', '.join(repr(k) for k in unknown)}; "
                      f"its fields are {', '.join(valid)} (configs/compare/ sets each generator's)")
 
@@ -65,7 +66,7 @@ def preset(arch: str, size: str) -> dict:
   (a stated smaller one for CPU runs, about the cost of the demo's 6 x 32 generator); a copy."""
   check_arch(arch)
   if size not in PRESETS[arch]:
-    raise ValueError(f"preset({arch!r}, {size!r}): unknown size; expected one of "
+    raise errors.UserError(f"preset({arch!r}, {size!r}): unknown size; expected one of "
                      f"{', '.join(repr(s) for s in PRESETS[arch])}")
   return dict(PRESETS[arch][size])
 

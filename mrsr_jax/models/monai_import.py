@@ -1,4 +1,4 @@
-"""MONAI UNETR / ViT state dicts -> our Flax params (DESIGN.md: "loading MONAI UNETR checkpoints").
+"""MONAI UNETR / ViT state dicts -> our Flax params (docs/design.md: "loading MONAI UNETR checkpoints").
 
 Our modules (`unetr.UNETR`, `vit.ViT`) mirror MONAI's names, so a key maps by a fixed rule:
 
@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mrsr_jax import errors
 from mrsr_jax.models.unetr import PATCH_SIZE, UNETR
 from mrsr_jax.models.vit import ViT
 
@@ -49,7 +50,7 @@ def load_state_dict(state_dict_or_path: Mapping[str, Any] | str | os.PathLike) -
     if not os.path.isfile(path):
       raise FileNotFoundError(f"MONAI checkpoint {path!r} does not exist")
     if not path.endswith((".pt", ".pth")):
-      raise ValueError(f"MONAI checkpoint {path!r}: expected a torch .pt or .pth file")
+      raise errors.UserError(f"MONAI checkpoint {path!r}: expected a torch .pt or .pth file")
     try:
       import torch  # pylint: disable=g-import-not-at-top  # torch is optional: only needed here.
     except ImportError as e:
@@ -58,7 +59,7 @@ def load_state_dict(state_dict_or_path: Mapping[str, Any] | str | os.PathLike) -
   else:
     sd = state_dict_or_path
   if not isinstance(sd, Mapping):
-    raise ValueError(f"MONAI checkpoint: expected a state dict (mapping of names to tensors), got {type(sd).__name__}")
+    raise errors.UserError(f"MONAI checkpoint: expected a state dict (mapping of names to tensors), got {type(sd).__name__}")
   for wrapper in _WRAPPERS:
     if wrapper in sd and isinstance(sd[wrapper], Mapping):
       sd = sd[wrapper]
@@ -113,7 +114,7 @@ def _template(model: nn.Module) -> dict[tuple[str, ...], tuple[int, ...]]:
   x = jax.ShapeDtypeStruct((1,) + img_size + (model.in_channels,), jnp.float32)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(x.shape, x.dtype)))
   if set(variables) != {"params"}:
-    raise ValueError(f"{type(model).__name__}: expected only 'params' collections, got {sorted(variables)}")
+    raise errors.UserError(f"{type(model).__name__}: expected only 'params' collections, got {sorted(variables)}")
   flat = jax.tree_util.tree_flatten_with_path(variables["params"])[0]
   return {tuple(p.key for p in path): tuple(leaf.shape) for path, leaf in flat}
 
@@ -149,7 +150,7 @@ def _convert(sd: Mapping[str, np.ndarray], model: nn.Module, what: str) -> dict[
                          ("missing (our params with no MONAI key)", missing)):
       if items:
         parts.append(f"{label} ({len(items)}): " + "; ".join(items[:8]) + (" ..." if len(items) > 8 else ""))
-    raise ValueError(f"{what}: state dict does not match {type(model).__name__}: " + " | ".join(parts))
+    raise errors.UserError(f"{what}: state dict does not match {type(model).__name__}: " + " | ".join(parts))
   return _unflatten(converted)
 
 
@@ -159,12 +160,12 @@ def _infer_vit_kwargs(sd: Mapping[str, np.ndarray], prefix: str, what: str) -> d
           f"{prefix}blocks.0.mlp.linear1.weight"]
   for k in need:
     if k not in sd:
-      raise ValueError(f"{what}: missing key {k!r}; not a MONAI ViT/UNETR state dict with proj_type='conv' "
+      raise errors.UserError(f"{what}: missing key {k!r}; not a MONAI ViT/UNETR state dict with proj_type='conv' "
                        f"(first keys: {list(sd)[:5]})")
   kernel = sd[need[0]]
   hidden, in_channels, *patch = kernel.shape
   if len(set(patch)) != 1 or len(patch) not in (2, 3):
-    raise ValueError(f"{what}: patch kernel {tuple(kernel.shape)} is not a square/cubic 2D/3D patch")
+    raise errors.UserError(f"{what}: patch kernel {tuple(kernel.shape)} is not a square/cubic 2D/3D patch")
   n_tokens = sd[need[1]].shape[1]
   layers = {int(m.group(1)) for k in sd if (m := re.match(rf"{re.escape(prefix)}blocks\.(\d+)\.", k))}
   # Any img_size with N tokens gives the same parameter shapes: lay the grid out along the first axis.
@@ -213,13 +214,13 @@ def convert_unetr_state_dict(state_dict_or_path: Mapping[str, Any] | str | os.Pa
   if model is None:
     for k in ("encoder1.layer.conv1.conv.weight", "out.conv.conv.weight"):
       if k not in sd:
-        raise ValueError(f"{what}: missing key {k!r}; not a MONAI UNETR state dict (first keys: {list(sd)[:5]})")
+        raise errors.UserError(f"{what}: missing key {k!r}; not a MONAI UNETR state dict (first keys: {list(sd)[:5]})")
     if any(k.endswith(("running_mean", "norm1.weight")) and not k.startswith("vit.") for k in sd):
-      raise ValueError(f"{what}: the decoder has normalisation parameters (norm_name='batch' or affine); only "
+      raise errors.UserError(f"{what}: the decoder has normalisation parameters (norm_name='batch' or affine); only "
                        f"MONAI's default norm_name='instance' is supported")
     vit_kw = _infer_vit_kwargs(sd, "vit.", what)
     if vit_kw["patch_size"] != PATCH_SIZE or vit_kw["num_layers"] != 12:
-      raise ValueError(f"{what}: MONAI's UNETR has patch 16 and 12 layers, this state dict has patch "
+      raise errors.UserError(f"{what}: MONAI's UNETR has patch 16 and 12 layers, this state dict has patch "
                        f"{vit_kw['patch_size']} and {vit_kw['num_layers']} layers")
     model = UNETR(
         img_size=vit_kw["img_size"],  # any size with the same N gives the same shapes

@@ -20,6 +20,8 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from mrsr_jax import errors
+
 
 def manager(directory: str, *, keep: int = 3) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
@@ -82,7 +84,7 @@ def restore(mngr: ocp.CheckpointManager, abstract_state: Any, step: int | None =
   bad = mismatches(str(mngr.directory), step, abstract_state)
   if bad:
     more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-    raise ValueError(f"{mngr.directory}/{step}: the checkpoint does not fit the model this config "
+    raise errors.UserError(f"{mngr.directory}/{step}: the checkpoint does not fit the model this config "
                      f"builds ({'; '.join(bad[:3])}{more}); use the config it was trained with")
   restored = mngr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))

@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from mrsr_jax import errors
 from mrsr_jax import sharding
 from mrsr_jax.data import pipeline, records
 from mrsr_jax.train import checkpoints, step as step_lib, writers
@@ -181,7 +182,7 @@ def train_iterator(stage: Stage, config, start_step: int, mesh) -> Iterator[dict
   procs, me = jax.process_count(), jax.process_index()
   readers = config.input_readers or procs
   if readers % procs or stage.batch_size % readers:
-    raise ValueError(f"input_readers={readers} must be a multiple of the {procs} processes and "
+    raise errors.UserError(f"input_readers={readers} must be a multiple of the {procs} processes and "
                      f"divide the global batch {stage.batch_size}")
   per_proc = readers // procs
   streams = [pipeline.create_dataset(

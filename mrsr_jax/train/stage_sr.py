@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 from absl import logging
 
+from mrsr_jax import errors
 from mrsr_jax import features, losses
 from mrsr_jax.data import degrade
 from mrsr_jax import models
@@ -42,7 +43,7 @@ def generator(config):
       return any(f.name == "remat" for f in dataclasses.fields(c))
     if not has_remat(cls):
       with_remat = [a for a, c in models.GENERATORS.items() if has_remat(c)]
-      raise ValueError(f"config.sr.remat = True: the {arch!r} generator (config.sr.arch) has no blocks "
+      raise errors.UserError(f"config.sr.remat = True: the {arch!r} generator (config.sr.arch) has no blocks "
                        f"to rematerialise (these have: {', '.join(with_remat)}); set it to False")
     kwargs["remat"] = True
   if any(f.name == "conv_impl" for f in dataclasses.fields(cls)):
@@ -87,7 +88,7 @@ class SRStage(loop.Stage):
     self.extra_losses = dict(extra_losses or {})
     for term, spec in self.extra_losses.items():
       if not (isinstance(spec, tuple) and len(spec) == 2 and callable(spec[1])):
-        raise ValueError(f"extra_losses['{term}'] must be a (weight, function) pair, got {spec!r}")
+        raise errors.UserError(f"extra_losses['{term}'] must be a (weight, function) pair, got {spec!r}")
     self.gen = generator(config)
     self.disc = srgan.SRDiscriminator(features=self.cfg.disc_features, conv_impl=srgan.backend_conv_impl(),
                                       dtype=self.dtype)
@@ -125,7 +126,7 @@ class SRStage(loop.Stage):
       sched = optax.warmup_cosine_decay_schedule(0.0, peak, max(warmup, 1), max(self._total_steps, warmup + 1),
                                                  end_value=0.01 * peak)
     else:
-      raise ValueError(f"sr.lr_schedule must be 'constant' or 'cosine', got {kind!r}")
+      raise errors.UserError(f"sr.lr_schedule must be 'constant' or 'cosine', got {kind!r}")
     return sched(count)
 
   def init(self, rng):
@@ -190,7 +191,7 @@ class SRStage(loop.Stage):
       return logits.astype(jnp.float32)
     if mode == "joint":
       return jnp.split(self._disc(params, stats, jnp.concatenate([hr, sr]))[0], 2)[1]
-    raise ValueError(f"sr.disc_bn_in_g must be 'train', 'eval' or 'joint', got {mode!r}")
+    raise errors.UserError(f"sr.disc_bn_in_g must be 'train', 'eval' or 'joint', got {mode!r}")
 
   def _inputs(self, batch, rng, frozen, with_features=True):
     """(HR, LR, features of the loss target) of a (micro)batch; the LR drawn from `rng`."""
@@ -220,7 +221,7 @@ class SRStage(loop.Stage):
         value = jnp.asarray(fn(sr=sr, hr=hr, lr=lr, feats_sr=feats_sr, feats_target=feats_target),
                             jnp.float32)
         if value.shape != ():
-          raise ValueError(f"extra loss '{term}' must return a scalar, got shape {value.shape}")
+          raise errors.UserError(f"extra loss '{term}' must return a scalar, got shape {value.shape}")
         parts = {**parts, term: value}
         total = total + weight * value
       parts["total"] = total
@@ -256,7 +257,7 @@ class SRStage(loop.Stage):
   def update(self, state, batch, rng, frozen, *, microbatches=1, mesh=None):
     order = self.cfg.gd_update
     if order not in ("simultaneous", "alternating"):
-      raise ValueError(f"sr.gd_update must be 'simultaneous' or 'alternating', got {order!r}")
+      raise errors.UserError(f"sr.gd_update must be 'simultaneous' or 'alternating', got {order!r}")
     if order == "simultaneous" or not self.adversarial:     # without D the two orders are one
       return super().update(state, batch, rng, frozen, microbatches=microbatches, mesh=mesh)
     # SRGAN's order: D steps on G's current output, then G's loss is taken against the updated D

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 from absl import logging
 
+from mrsr_jax import errors
 from mrsr_jax import features
 from mrsr_jax.data import records
 from mrsr_jax.models import vit as vit_lib
@@ -60,7 +61,7 @@ def num_pretext_classes(config) -> int:
     return config.vit.num_bins
   info = records.read_info(loop.dataset_dir(config))
   if len(info["labels"]) < 2:
-    raise ValueError(
+    raise errors.UserError(
         f"vit.pretext='classify' needs slices of at least two labels (dataset/contrast) to tell apart; "
         f"{info['path']} has {info['labels']} (config.contrast={config.contrast!r}): use "
         f"vit.pretext='masked_patch' or a set with several contrasts")
@@ -73,7 +74,7 @@ class ViTStage(loop.Stage):
   def __init__(self, config, workdir):
     super().__init__(config, workdir)
     if self.cfg.pretext not in ("masked_patch", "classify"):
-      raise ValueError(f"unknown vit.pretext '{self.cfg.pretext}' (masked_patch or classify)")
+      raise errors.UserError(f"unknown vit.pretext '{self.cfg.pretext}' (masked_patch or classify)")
     self.num_classes = num_pretext_classes(config)
     self.vit = features.vit_module(config, self.crop_size, remat=self.remat)
     self.model = vit_lib.PretextViT(vit=_vit_kwargs(self.vit),

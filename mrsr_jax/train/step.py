@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mrsr_jax import errors
 from mrsr_jax import sharding
 from mrsr_jax.models import cpu_conv
 
@@ -78,10 +79,10 @@ def microbatch_count(global_batch: int, num_devices: int, microbatch_per_device:
   slices (0: no limit, k = 1). More devices, fewer microbatches: a config that needs k = 8 on one GPU
   runs unsplit on eight."""
   if global_batch % num_devices:
-    raise ValueError(f"{field} {global_batch} is not divisible by the {num_devices} devices of the mesh; "
+    raise errors.UserError(f"{field} {global_batch} is not divisible by the {num_devices} devices of the mesh; "
                      f"choose a multiple of {num_devices}")
   if microbatch_per_device < 0:
-    raise ValueError(f"microbatch_per_device must be >= 0, got {microbatch_per_device}")
+    raise errors.UserError(f"microbatch_per_device must be >= 0, got {microbatch_per_device}")
   per_device = global_batch // num_devices
   if microbatch_per_device == 0 or per_device <= microbatch_per_device:
     return 1
@@ -102,7 +103,7 @@ def split_microbatches(batch: Any, microbatches: int, num_devices: int) -> Any:
   def split(x):
     b = x.shape[0]
     if b % (num_devices * microbatches):
-      raise ValueError(f"a batch of {b} cannot be split into {microbatches} microbatches on "
+      raise errors.UserError(f"a batch of {b} cannot be split into {microbatches} microbatches on "
                        f"{num_devices} devices")
     x = x.reshape((num_devices, microbatches, b // (num_devices * microbatches)) + x.shape[1:])
     return jnp.swapaxes(x, 0, 1).reshape((microbatches, b // microbatches) + x.shape[3:])
