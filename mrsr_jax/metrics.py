@@ -1,4 +1,4 @@
-"""Image-quality metrics of Tables 1-2: PSNR, SSIM and NMSE (DESIGN.md, Evaluation).
+"""Image-quality metrics of Tables 1-2: PSNR, SSIM and NMSE (docs/design.md, Evaluation).
 
 Two layers:
   * Per-image JAX functions (`psnr`, `ssim`, `nmse`), jit-able, on `[H, W]`, batched `[..., H, W]` or

@@ -1,6 +1,6 @@
 """The SR generator and discriminator of paper App. E / Fig. 6 (SRGAN's, Ledig et al. 2017), Flax Linen.
 
-Generator (DESIGN.md, "SR network"): 9x9 conv (64) + ReLU; `num_blocks` residual blocks (3x3 conv, BN,
+Generator (docs/design.md, "SR network"): 9x9 conv (64) + ReLU; `num_blocks` residual blocks (3x3 conv, BN,
 ReLU, 3x3 conv, BN, skip); 3x3 conv + BN and the long skip from the first conv; log2(s) upsampling stages
 (3x3 conv to 4 * 64 channels -> pixel shuffle x2 -> ReLU); a final 9x9 conv to 1 channel. ReLU where
 SRGAN has PReLU, because App. E says ReLU. Output linear (SRGAN's tanh suits [-1, 1] images; ours are

@@ -1,6 +1,6 @@
 """The swapping autoencoder of paper 3.3 / App. A (Park et al. 2020), in Flax Linen, 2D, channels-last.
 
-DESIGN.md, "Swapping autoencoder", fixes the sizes; what the paper leaves open is chosen here:
+docs/design.md, "Swapping autoencoder", fixes the sizes; what the paper leaves open is chosen here:
 
   * `SwapEncoder`: 4 conv blocks (3x3 conv + LeakyReLU(0.2), filters 64, 64, 32, 32), each followed by
     2x2 max pooling. The structure code z_s branches off after block 2 (resolution H/4, i.e. 64x64 for a

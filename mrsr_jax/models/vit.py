@@ -1,4 +1,4 @@
-"""UNETR's ViT encoder in Flax Linen, generic over 2D and 3D (DESIGN.md, "ViT feature extractor").
+"""UNETR's ViT encoder in Flax Linen, generic over 2D and 3D (docs/design.md, "ViT feature extractor").
 
 The module mirrors MONAI's `monai.networks.nets.ViT` (MONAI 1.6, `proj_type="conv"`,
 `pos_embed_type="learnable"`, no class token) layer for layer, so that a MONAI state dict maps onto our
@@ -239,7 +239,7 @@ class PretextViT(nn.Module):
 
 def vit2d_params_from_3d(params3d: Mapping[str, Any], img_size_2d: Sequence[int], patch_size: int = 16,
                          *, grid3d: Sequence[int] | None = None) -> dict[str, Any]:
-  """2D ViT params from 3D ones (DESIGN.md: how 3D weights serve 2D slices).
+  """2D ViT params from 3D ones (docs/design.md: how 3D weights serve 2D slices).
 
   A 2D slice repeated P times along depth (the last spatial axis, MONAI's D) is seen by the 3D patch conv
   exactly as a 2D conv whose kernel is the 3D kernel summed over depth. The position embedding of the
