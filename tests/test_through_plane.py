@@ -283,6 +283,12 @@ def test_training_shards_over_every_device_and_resumes_bit_identically(tmp_path)
                           sharding.make_mesh(jax.devices()[:1]), log_every=2, checkpoint_every=2)
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-5),
                jax.device_get(full.params), jax.device_get(one.params))
+  # A finished workdir is a pre-trained model for another run (through_plane.pretrained_workdir)...
+  variables, _ = tp_train.restore(_cfg(), g, str(tmp_path / "a"), mesh)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(variables["params"]),
+               jax.device_get(full.params["gen"]))
+  with pytest.raises(ValueError, match="factor"):       # ... for the same upsampling factor only
+    tp_train.restore(_cfg(), profile.Geometry(4.0, 4.0), str(tmp_path / "a"), mesh)
   # The workdir knows what it was trained on: another geometry is refused, not reused.
   with pytest.raises(ValueError, match="another volume or setting"):
     tp_train.train(tp_train.Trainer(_cfg(), profile.Geometry(2.0, 3.0), _slices()), str(tmp_path / "a"),
