@@ -15,6 +15,7 @@ import pytest
 from conftest import snapshot
 
 import run as run_py
+from mrsr_jax import errors
 from mrsr_jax.train import loop, pipeline
 
 
@@ -117,7 +118,9 @@ def test_unwritable_workdir_is_one_line(capsys, tmp_path, tiny_cli):
     PermissionError(13, "Permission denied", "/data/x.nii"), FileExistsError("out.nii exists"),
     IsADirectoryError(21, "Is a directory", "/tmp/out"), NotADirectoryError("data_dir is a file"),
     loop.NonFiniteLossError("[sr] non-finite loss at step 7: g_total=nan; stopping, ..."),
-    ValueError("x.nii: not 3D"), KeyError("reconstruction_rss"),
+    # Bad input is errors.UserError (a ValueError); a plain ValueError / KeyError is a bug
+    # (tests/test_errors.py: it keeps its traceback).
+    errors.UserError("x.nii: not 3D"),
 ])
 def test_library_errors_are_one_line(capsys, tmp_path, tiny_cli, monkeypatch, exc):
   """What the library raises for bad input reaches the user as `error: <message>`, exit 2."""
