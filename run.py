@@ -203,17 +203,10 @@ def run() -> None:
       evaluate.evaluate(config, FLAGS.workdir)
     elif FLAGS.through_plane:
       from mrsr_jax.through_plane import apply as through_plane
-      try:
-        through_plane.predict_file(config, FLAGS.workdir, FLAGS.input, FLAGS.output,
-                                   slice_axis=FLAGS.slice_axis, slice_thickness=FLAGS.slice_thickness,
-                                   slice_spacing=FLAGS.slice_spacing, frame=FLAGS.frame,
-                                   overwrite=FLAGS.overwrite)
-      except ValueError as e:
-        # Until mrsr_jax/through_plane raises errors.UserError for bad input, its ValueErrors are
-        # that (issue 25's code; issue 24 made plain ValueError a bug elsewhere).
-        if isinstance(e, errors.UserError):
-          raise
-        raise errors.UserError(str(e)) from e
+      through_plane.predict_file(config, FLAGS.workdir, FLAGS.input, FLAGS.output,
+                                 slice_axis=FLAGS.slice_axis, slice_thickness=FLAGS.slice_thickness,
+                                 slice_spacing=FLAGS.slice_spacing, frame=FLAGS.frame,
+                                 overwrite=FLAGS.overwrite, reference=FLAGS.reference)
     else:
       from mrsr_jax import predict
       predict.predict_file(config, FLAGS.workdir, FLAGS.input, FLAGS.output,

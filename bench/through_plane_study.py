@@ -43,7 +43,7 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from configs import through_plane as tp_config  # noqa: E402
+from mrsr_jax.configs import through_plane as tp_config  # noqa: E402
 from mrsr_jax import compile_cache, metrics, sharding  # noqa: E402
 from mrsr_jax.data import volumes  # noqa: E402
 from mrsr_jax.through_plane import apply as tp_apply  # noqa: E402
@@ -89,18 +89,18 @@ def score(pred: np.ndarray, truth: np.ndarray) -> dict:
   return {"psnr": m["psnr"], "ssim": m["ssim"]}
 
 
-def run_one(path: str, row: str, cfg, workdir: str, mesh) -> tuple[dict, dict]:
+def run_one(path: str, row: str, tp, workdir: str, mesh) -> tuple[dict, dict]:
   t_true, s, t_told = ROWS[row]
   truth, affine, header = volumes.load_nifti(path)
   thick, rows = simulate(truth, t_true, s)
   acq = tp_apply.Acquisition(axis=AXIS, spacing=s, thickness=t_told, in_plane=PIXEL_MM,
-                             profile=cfg.profile, thickness_source="study")
+                             profile=tp.profile, thickness_source="study")
   g = acq.geometry
   _, unit = volumes.robust_normalise(thick)
   norm = thick / np.float32(unit)
   t0 = time.perf_counter()
-  trainer = tp_train.Trainer(cfg, g, np.moveaxis(norm, AXIS, 0), seed=0)
-  state, _ = tp_train.train(trainer, workdir, mesh, log_every=100, checkpoint_every=int(cfg.num_steps))
+  trainer = tp_train.Trainer(tp, g, np.moveaxis(norm, AXIS, 0), seed=0)
+  state, _ = tp_train.train(trainer, workdir, mesh, log_every=100, checkpoint_every=int(tp.num_steps))
   t1 = time.perf_counter()
   sr, extra = tp_apply.upsample_volume(trainer.model, tp_train.variables_of(state), norm, acq, mesh)
   t2 = time.perf_counter()
@@ -165,9 +165,9 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   t_start = time.time()
   config = tp_config.get_config()
-  cfg = config.through_plane
+  tp = config.through_plane
   if args.steps:
-    cfg.num_steps = args.steps
+    tp.num_steps = args.steps
   paths = sorted(glob.glob(os.path.join(SAMPLE, "*.nii.gz")))[:args.subjects]
   subjects = [os.path.basename(x).split("-")[0] for x in paths]
   rows = args.rows.split(",")
@@ -183,7 +183,7 @@ def main(argv=None) -> int:
         want_fig = i == args.figure_subject and row == "r4"
         if key in results and not (want_fig and not os.path.exists(args.out + "_fig.png")):
           continue
-        r, vols = run_one(path, row, cfg, os.path.join(args.workdir, subj, row), mesh)
+        r, vols = run_one(path, row, tp, os.path.join(args.workdir, subj, row), mesh)
         r["loadavg"] = os.getloadavg()
         loads.append(r["loadavg"])
         results[key] = r
@@ -197,7 +197,7 @@ def main(argv=None) -> int:
           os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
           figure(vols, nib.load(path).affine, args.out + "_fig.png",
                  f"{subj}, 8 mm axial slices (ratio 4): sagittal reformat")
-  model = tp_model.build(cfg.arch, 4, dict(cfg.model))
+  model = tp_model.build(tp.arch, 4, dict(tp.model))
   n_params = sum(x.size for x in jax.tree.leaves(tp_train._model_init(model)(jax.random.key(0))))
   commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                           text=True).stdout.strip()
@@ -205,8 +205,8 @@ def main(argv=None) -> int:
       "command": "python bench/through_plane_study.py " + " ".join(sys.argv[1:] if argv is None else argv),
       "commit": commit, "wall_s_this_invocation": time.time() - t_start, "loadavg_samples": loads,
       "devices": jax.device_count(), "platform": jax.devices()[0].platform,
-      "steps": int(cfg.num_steps), "batch_size": int(cfg.batch_size), "crop_size": int(cfg.crop_size),
-      "arch": cfg.arch, "model": dict(cfg.model), "params_at_x4": int(n_params),
+      "steps": int(tp.num_steps), "batch_size": int(tp.batch_size), "crop_size": int(tp.crop_size),
+      "arch": tp.arch, "model": dict(tp.model), "params_at_x4": int(n_params),
       "rows": {k: dict(zip(("thickness_mm", "spacing_mm", "told_thickness_mm"), v)) for k, v in ROWS.items()},
       "results": results,
   }

@@ -10,7 +10,7 @@ docs/through_plane.md for what it measured and when not to use it.
 
 import ml_collections
 
-from configs import base
+from mrsr_jax.configs import base
 
 
 # `--config=configs/through_plane.py:vdsr` trains the comparison network instead.

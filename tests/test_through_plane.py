@@ -178,14 +178,14 @@ def test_output_affine_places_every_voxel(axis, zooms, factor):
                                nib.affines.apply_affine(affine, src_idx), atol=1e-4)
 
 
-@pytest.mark.parametrize("axis", [0, 2])
-def test_linear_anatomy_comes_out_at_its_world_position(axis):
+@pytest.mark.parametrize("axis,ratio", [(0, 3.0), (2, 3.0), (1, 2.5)])
+def test_linear_anatomy_comes_out_at_its_world_position(axis, ratio):
   """A volume that is a linear function of world position, acquired thick along `axis` on an oblique
   grid: the untrained networks (= spline, which reproduces linear functions) from both orientations,
   fused, written through the output affine, give back the function at each output voxel's world
   position. Wrong affines, transposes or orientation bookkeeping all break this."""
   zooms = [1.0, 1.0, 1.0]
-  zooms[axis] = 3.0
+  zooms[axis] = ratio               # 2.5: resampled to 2 mm, then x2
   affine = _oblique(zooms)
   shape = [10, 9, 8]
   shape[axis] = 16
@@ -251,7 +251,7 @@ def test_thickness_from_flag_sidecar_or_spacing(tmp_path):
 
 # -- training: data-parallel, resumable --------------------------------------------------------------
 def _cfg(**kw):
-  from configs import through_plane
+  from mrsr_jax.configs import through_plane
   # The VDSR-style network at 2 layers: the cheapest to compile; what is tested here is model-agnostic.
   cfg = through_plane.get_config("vdsr").through_plane
   cfg.update(dict(model=dict(num_layers=2, features=4), batch_size=8, crop_size=16, num_steps=4,
@@ -319,7 +319,10 @@ def test_cli_writes_an_isotropic_volume_in_input_units_and_refuses_what_it_canno
   nib.save(_image(data, affine), src)
   out = str(tmp_path / "iso.nii.gz")
   work = str(tmp_path / "w")
-  assert _run(f"--workdir={work}", f"--input={src}", f"--output={out}") == 0
+  ref = str(tmp_path / "ref.nii.gz")
+  nib.save(_image(np.repeat(data, 3, axis=2), affine), ref)
+  assert _run(f"--workdir={work}", f"--input={src}", f"--output={out}", f"--reference={ref}") == 0
+  assert "against " + ref in capsys.readouterr().out
   img = nib.load(out)
   assert img.shape == (18, 16, 18)
   np.testing.assert_allclose(img.header.get_zooms()[:3], (1.0, 1.0, 1.0), rtol=1e-5)

@@ -40,6 +40,8 @@ import nibabel as nib
 import numpy as np
 from absl import logging
 
+from mrsr_jax import errors
+from mrsr_jax import metrics as metrics_lib
 from mrsr_jax import predict, sharding
 from mrsr_jax.data import volumes
 from mrsr_jax.through_plane import profile
@@ -84,11 +86,11 @@ def sidecar_thickness(path: str) -> float | None:
     with open(stem + ".json") as f:
       value = json.load(f).get("SliceThickness")
   except (OSError, ValueError, AttributeError) as e:
-    raise ValueError(f"{stem}.json: not a readable JSON sidecar ({e})") from None
+    raise errors.UserError(f"{stem}.json: not a readable JSON sidecar ({e})") from None
   if value is None:
     return None
   if not isinstance(value, (int, float)) or not value > 0:
-    raise ValueError(f"{stem}.json: SliceThickness {value!r} is not a positive number of mm")
+    raise errors.UserError(f"{stem}.json: SliceThickness {value!r} is not a positive number of mm")
   return float(value)
 
 
@@ -109,33 +111,33 @@ def acquisition(path: str, affine: np.ndarray, header, *, slice_axis: int | None
       elif dim is not None and 0 <= dim < 3:
         slice_axis = int(dim)
       else:
-        raise ValueError(f"{path}: voxels {shown} mm: which axis holds the slices is not in the header; "
+        raise errors.UserError(f"{path}: voxels {shown} mm: which axis holds the slices is not in the header; "
                          f"give --slice_axis")
     elif coarse < MIN_RATIO * sp[order[0]]:
-      raise ValueError(f"{path}: voxels {shown} mm are near-isotropic (largest / smallest spacing "
+      raise errors.UserError(f"{path}: voxels {shown} mm are near-isotropic (largest / smallest spacing "
                        f"{coarse / sp[order[0]]:.2f} < 2): nothing to super-resolve through-plane")
     elif coarse < MIN_RATIO * sp[order[1]]:
-      raise ValueError(f"{path}: voxels {shown} mm: no single slice axis (two axes are coarse); "
+      raise errors.UserError(f"{path}: voxels {shown} mm: no single slice axis (two axes are coarse); "
                        f"through-plane super-resolution needs fine square pixels in-plane")
     else:
       slice_axis = int(order[2])
   if slice_axis not in (0, 1, 2):
-    raise ValueError(f"--slice_axis must be 0, 1 or 2, got {slice_axis}")
+    raise errors.UserError(f"--slice_axis must be 0, 1 or 2, got {slice_axis}")
   others = [float(sp[a]) for a in range(3) if a != slice_axis]
   if abs(others[0] - others[1]) > IN_PLANE_TOLERANCE * max(others):
-    raise ValueError(f"{path}: in-plane voxels {others[0]:.3g} x {others[1]:.3g} mm are not square "
+    raise errors.UserError(f"{path}: in-plane voxels {others[0]:.3g} x {others[1]:.3g} mm are not square "
                      f"(slice axis {slice_axis}); through-plane super-resolution needs square pixels")
   p = float(np.mean(others))
   s = float(sp[slice_axis]) if spacing is None else float(spacing)
   if not (s > 0 and math.isfinite(s)):
-    raise ValueError(f"--slice_spacing must be a positive number of mm, got {spacing}")
+    raise errors.UserError(f"--slice_spacing must be a positive number of mm, got {spacing}")
   if s < MIN_RATIO * p:
-    raise ValueError(f"{path}: slices {s:.3g} mm apart with {p:.3g} mm pixels in-plane are "
+    raise errors.UserError(f"{path}: slices {s:.3g} mm apart with {p:.3g} mm pixels in-plane are "
                      f"near-isotropic (ratio {s / p:.2f} < 2): nothing to super-resolve through-plane")
   if thickness is not None:
     t, source = float(thickness), "--slice_thickness"
     if not (t > 0 and math.isfinite(t)):
-      raise ValueError(f"--slice_thickness must be a positive number of mm, got {thickness}")
+      raise errors.UserError(f"--slice_thickness must be a positive number of mm, got {thickness}")
   else:
     t, source = sidecar_thickness(path), "the BIDS sidecar"
     if t is None:
@@ -176,7 +178,7 @@ def upsample_volume(model, variables, data: np.ndarray, acq: Acquisition, mesh, 
   elif fusion == "median":           # of two values the mean too; kept for when more views are added
     fused = np.median(results, axis=0)
   else:
-    raise ValueError(f"config.through_plane.fusion must be 'mean' or 'median', got {fusion!r}")
+    raise errors.UserError(f"config.through_plane.fusion must be 'mean' or 'median', got {fusion!r}")
   return fused.astype(np.float32), {"orientations": results}
 
 
@@ -218,14 +220,16 @@ def output_image(volume: np.ndarray, header, acq: Acquisition) -> nib.Nifti1Imag
 def predict_file(config: ml_collections.ConfigDict, workdir: str, input_path: str, output_path: str, *,
                  slice_axis: int | None = None, slice_thickness: float | None = None,
                  slice_spacing: float | None = None, frame: int | None = None, mesh=None,
-                 overwrite: bool = False) -> dict:
+                 overwrite: bool = False, reference: str | None = None) -> dict:
   """Trains on `input_path`'s in-plane slices (or restores `through_plane.pretrained_workdir`'s model)
-  and writes the isotropic volume to `output_path`. Everything that needs no model (output path,
-  input, geometry) is checked first."""
+  and writes the isotropic volume to `output_path`; with `reference` (an isotropic volume on the
+  output's grid) prints and returns PSNR / SSIM against it (SSIM over slices along the slice axis).
+  Everything that needs no model (output path, input, reference, geometry) is checked first."""
   cfg = train_lib.settings(config)
-  predict.check_output(output_path, protected=(input_path,), overwrite=overwrite)
+  predict.check_output(output_path, protected=tuple(p for p in (input_path, reference) if p),
+                       overwrite=overwrite)
   if not input_path.endswith(predict.NIFTI_SUFFIXES):
-    raise ValueError(f"{input_path}: through-plane super-resolution reads NIfTI (.nii, .nii.gz): it "
+    raise errors.UserError(f"{input_path}: through-plane super-resolution reads NIfTI (.nii, .nii.gz): it "
                      f"needs the slice geometry of the header")
   mesh = mesh or sharding.make_mesh()
   data, _, header = predict.load_input(input_path, frame=frame)
@@ -233,6 +237,13 @@ def predict_file(config: ml_collections.ConfigDict, workdir: str, input_path: st
   acq = acquisition(input_path, affine, header, slice_axis=slice_axis, thickness=slice_thickness,
                     spacing=slice_spacing, profile_name=cfg.profile)
   g = acq.geometry
+  out_rows = g.factor * profile.resample_matrix(data.shape[acq.axis], g.spacing, g.factor).shape[0]
+  out_shape = tuple(out_rows if a == acq.axis else n for a, n in enumerate(data.shape))
+  ref = None
+  if reference:
+    ref, _, _ = predict.load_input(reference, frame=frame)
+    if ref.shape != out_shape:
+      raise errors.UserError(f"{reference}: reference shape {ref.shape} differs from the output's {out_shape}")
   logging.info("%s: %s voxels, slices along axis %d: %.3g mm apart, %.3g mm thick (%s), %s profile; "
                "in-plane %.3g mm -> x%d%s to %.3g mm", input_path, data.shape, acq.axis, acq.spacing,
                acq.thickness, acq.thickness_source, acq.profile, acq.in_plane, g.factor,
@@ -257,13 +268,18 @@ def predict_file(config: ml_collections.ConfigDict, workdir: str, input_path: st
   out = np.maximum(sr * np.float32(unit), np.float32(min(0.0, float(data.min()))))
   bad = int(np.count_nonzero(~np.isfinite(out)))
   if bad:
-    raise ValueError(f"{input_path}: the through-plane model gave {bad} NaN/Inf voxels; nothing written")
+    raise errors.UserError(f"{input_path}: the through-plane model gave {bad} NaN/Inf voxels; nothing written")
   img = output_image(out, header, acq)
   results = {"output": output_path, "shape": tuple(int(x) for x in out.shape), "slice_axis": acq.axis,
              "factor": g.factor, "output_spacing": acq.output_spacing,
              "train_seconds": t1 - t0, "apply_seconds": time.perf_counter() - t1, **info}
+  if ref is not None:
+    results.update(metrics_lib.volume_metrics(np.moveaxis(out, acq.axis, 0), np.moveaxis(ref, acq.axis, 0)))
   if jax.process_index() == 0:
     predict.write_atomic(img, output_path, overwrite=overwrite)
+    if ref is not None:
+      print(f"against {reference}: PSNR {results['psnr']:.2f} dB, SSIM {results['ssim']:.4f}, "
+            f"NMSE {results['nmse']:.4f}")
     zooms = img.header.get_zooms()[:3]
     print(f"wrote {output_path}: {out.shape} float32 ({', '.join(f'{z:.3g}' for z in zooms)} mm voxels; "
           f"slice axis {acq.axis} x{g.factor}, two orientations averaged)")

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mrsr_jax import errors
 from mrsr_jax.models import sr_common, srgan
 from mrsr_jax.through_plane import profile
 
@@ -122,12 +123,12 @@ def build(arch: str, factor: int, fields: dict, dtype: str = "float32") -> nn.Mo
   """The generator `arch` at `factor` with its `config.through_plane.model` fields, built for the
   backend's convolutions (srgan.backend_conv_impl)."""
   if arch not in ARCHS:
-    raise ValueError(f"config.through_plane.arch = {arch!r}: expected one of {', '.join(ARCHS)}")
+    raise errors.UserError(f"config.through_plane.arch = {arch!r}: expected one of {', '.join(ARCHS)}")
   cls = ARCHS[arch]
   valid = {f for f in cls.__dataclass_fields__ if f not in ("factor", "conv_impl", "dtype",
                                                              "param_dtype", "parent", "name")}
   unknown = sorted(set(fields) - valid)
   if unknown:
-    raise ValueError(f"config.through_plane.model: the {arch!r} generator has no field(s) "
+    raise errors.UserError(f"config.through_plane.model: the {arch!r} generator has no field(s) "
                      f"{', '.join(unknown)}; its fields are {', '.join(sorted(valid))}")
   return cls(factor=factor, conv_impl=srgan.backend_conv_impl(), dtype=jnp.dtype(dtype), **fields)

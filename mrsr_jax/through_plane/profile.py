@@ -34,6 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import special
 
+from mrsr_jax import errors
+
 PROFILES = ("gaussian", "rect")
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))   # 2.3548
 # A spacing within this fraction of an integer counts as that integer (no resampling): 2% of a slice
@@ -43,11 +45,11 @@ INTEGER_TOLERANCE = 0.02
 
 def _check(thickness: float, spacing: float, profile: str) -> None:
   if profile not in PROFILES:
-    raise ValueError(f"slice profile must be one of {PROFILES}, got {profile!r}")
+    raise errors.UserError(f"slice profile must be one of {PROFILES}, got {profile!r}")
   if not (thickness > 0 and math.isfinite(thickness)):
-    raise ValueError(f"slice thickness must be positive, got {thickness}")
+    raise errors.UserError(f"slice thickness must be positive, got {thickness}")
   if not (spacing > 0 and math.isfinite(spacing)):
-    raise ValueError(f"slice spacing must be positive, got {spacing}")
+    raise errors.UserError(f"slice spacing must be positive, got {spacing}")
 
 
 def pixel_weights(centre: float, thickness: float, n: int, profile: str) -> np.ndarray:
@@ -87,7 +89,7 @@ def profile_matrix(n: int, *, thickness: float, spacing: float, profile: str = "
   first = spacing / 2 if first_centre is None else float(first_centre)
   m = int(math.floor(n / spacing + 1e-9)) if count is None else int(count)
   if m < 1:
-    raise ValueError(f"{n} pixels hold no slice {spacing} pixels apart")
+    raise errors.UserError(f"{n} pixels hold no slice {spacing} pixels apart")
   return np.stack([pixel_weights(first + k * spacing, thickness, n, profile) for k in range(m)])
 
 
@@ -157,7 +159,7 @@ class Geometry:
   def __post_init__(self):
     _check(self.thickness, self.spacing, self.profile)
     if self.factor < 2:
-      raise ValueError(f"slices {self.spacing:.3g} output pixels apart: nothing to upsample "
+      raise errors.UserError(f"slices {self.spacing:.3g} output pixels apart: nothing to upsample "
                        f"(needs a spacing of at least 2 pixels)")
 
   @property
@@ -173,7 +175,7 @@ class Geometry:
     # Thick slices centred at f/2, f/2 + spacing, ... while the centre is inside the image.
     count = int(math.floor((n - 0.5 - f / 2) / self.spacing)) + 1
     if count < 2:
-      raise ValueError(f"{n} rows hold fewer than two slices {self.spacing:.3g} pixels apart")
+      raise errors.UserError(f"{n} rows hold fewer than two slices {self.spacing:.3g} pixels apart")
     d = profile_matrix(n, thickness=self.thickness, spacing=self.spacing, profile=self.profile,
                        first_centre=f / 2, count=count)
     s = resample_matrix(count, self.spacing, f)

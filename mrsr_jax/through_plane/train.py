@@ -32,6 +32,7 @@ import numpy as np
 import optax
 from absl import logging
 
+from mrsr_jax import errors
 from mrsr_jax import sharding
 from mrsr_jax.through_plane import model as model_lib
 from mrsr_jax.through_plane import profile
@@ -44,7 +45,7 @@ STAGE = "through_plane"
 def settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`config.through_plane`, or one error saying which config has it."""
   if "through_plane" not in config:
-    raise ValueError("this config has no through_plane section; use --config=configs/through_plane.py "
+    raise errors.UserError("this config has no through_plane section; use --config=configs/through_plane.py "
                      "(or add one like it)")
   return config.through_plane
 
@@ -83,7 +84,7 @@ class Trainer:
     s, h, w = slices.shape
     self.crop = min(self.crop, h, w)
     if self.crop < 2 * geometry.spacing + geometry.factor:
-      raise ValueError(f"in-plane slices of {h}x{w} pixels are too small to learn slices "
+      raise errors.UserError(f"in-plane slices of {h}x{w} pixels are too small to learn slices "
                        f"{geometry.spacing:.3g} pixels apart")
     self.matrix, self.rows = geometry.training_matrix(self.crop)
     # Slices with anatomy: the mean of a slice above a tenth of the brightest slice's mean (the ends of
@@ -165,7 +166,7 @@ def train(trainer: Trainer, workdir: str, mesh, *, log_every: int = 50,
     got = checkpoints.read_meta(directory).get("identity", {})
     diff = sorted(k for k in set(want) | set(got) if json.dumps(want.get(k)) != json.dumps(got.get(k)))
     if diff:
-      raise ValueError(f"{workdir}: holds a through-plane model trained for another volume or setting "
+      raise errors.UserError(f"{workdir}: holds a through-plane model trained for another volume or setting "
                        f"({', '.join(f'{k}: {got.get(k)!r} there, {want.get(k)!r} here' for k in diff[:3])}); "
                        f"use a new --workdir for this input")
   rep = sharding.replicated(mesh)
@@ -229,7 +230,7 @@ def restore(cfg, geometry: profile.Geometry, workdir: str, mesh, *, seed: int = 
   want = identity(cfg, geometry)
   for key in ("arch", "model", "factor"):
     if json.dumps(got.get(key)) != json.dumps(want[key]):
-      raise ValueError(f"{workdir}: its through-plane model has {key} {got.get(key)!r}, this input "
+      raise errors.UserError(f"{workdir}: its through-plane model has {key} {got.get(key)!r}, this input "
                        f"and config need {want[key]!r}")
   for key in ("thickness_px", "spacing_px", "profile"):
     if got.get(key) != want[key]:
