@@ -74,6 +74,26 @@ def simulate(truth: np.ndarray, thickness_mm: float, spacing_mm: float) -> tuple
   return thick.astype(np.float32), rows
 
 
+def export(path: str, row: str, out_dir: str) -> tuple[str, str]:
+  """Writes `row`'s simulated thick volume of `path` as a NIfTI whose affine places each thick slice at
+  its centre (the first at truth row f/2 - 1/2), and the truth rows the output covers: the input and
+  --reference of `run.py --through_plane` on real anatomy. Returns their paths."""
+  t_true, s, _ = ROWS[row]
+  truth, affine, _ = volumes.load_nifti(path)
+  thick, rows = simulate(truth, t_true, s)
+  f = profile.Geometry(t_true / PIXEL_MM, s / PIXEL_MM).factor
+  m = np.eye(4)
+  m[AXIS, AXIS] = s / PIXEL_MM
+  m[AXIS, 3] = f / 2 - 0.5
+  subj = os.path.basename(path).split("-")[0]
+  os.makedirs(out_dir, exist_ok=True)
+  thick_path = os.path.join(out_dir, f"{subj}_{row}_thick.nii.gz")
+  truth_path = os.path.join(out_dir, f"{subj}_{row}_truth.nii.gz")
+  nib.save(nib.Nifti1Image(thick, affine @ m), thick_path)
+  nib.save(nib.Nifti1Image(np.take(truth, np.arange(rows), axis=AXIS), affine), truth_path)
+  return thick_path, truth_path
+
+
 def spline(thick: np.ndarray, factor: int) -> np.ndarray:
   """Cubic B-spline interpolation along AXIS at the output rows' positions (scipy, independent)."""
   m = thick.shape[AXIS]
@@ -162,7 +182,14 @@ def main(argv=None) -> int:
   p.add_argument("--rows", default=",".join(ROWS))
   p.add_argument("--subjects", type=int, default=6)
   p.add_argument("--figure_subject", type=int, default=0)
+  p.add_argument("--export_dir", default="", help="only write each subject's thick volume and truth "
+                 "of --rows as NIfTI here (input and --reference for run.py --through_plane)")
   args = p.parse_args(argv)
+  if args.export_dir:
+    for path in sorted(glob.glob(os.path.join(SAMPLE, "*.nii.gz")))[:args.subjects]:
+      for row in args.rows.split(","):
+        print(*export(path, row, args.export_dir))
+    return 0
   t_start = time.time()
   config = tp_config.get_config()
   tp = config.through_plane
