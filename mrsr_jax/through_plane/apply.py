@@ -112,13 +112,13 @@ def acquisition(path: str, affine: np.ndarray, header, *, slice_axis: int | None
         slice_axis = int(dim)
       else:
         raise errors.UserError(f"{path}: voxels {shown} mm: which axis holds the slices is not in the header; "
-                         f"give --slice_axis")
+                               f"give --slice_axis")
     elif coarse < MIN_RATIO * sp[order[0]]:
       raise errors.UserError(f"{path}: voxels {shown} mm are near-isotropic (largest / smallest spacing "
-                       f"{coarse / sp[order[0]]:.2f} < 2): nothing to super-resolve through-plane")
+                             f"{coarse / sp[order[0]]:.2f} < 2): nothing to super-resolve through-plane")
     elif coarse < MIN_RATIO * sp[order[1]]:
       raise errors.UserError(f"{path}: voxels {shown} mm: no single slice axis (two axes are coarse); "
-                       f"through-plane super-resolution needs fine square pixels in-plane")
+                             f"through-plane super-resolution needs fine square pixels in-plane")
     else:
       slice_axis = int(order[2])
   if slice_axis not in (0, 1, 2):
@@ -126,14 +126,14 @@ def acquisition(path: str, affine: np.ndarray, header, *, slice_axis: int | None
   others = [float(sp[a]) for a in range(3) if a != slice_axis]
   if abs(others[0] - others[1]) > IN_PLANE_TOLERANCE * max(others):
     raise errors.UserError(f"{path}: in-plane voxels {others[0]:.3g} x {others[1]:.3g} mm are not square "
-                     f"(slice axis {slice_axis}); through-plane super-resolution needs square pixels")
+                           f"(slice axis {slice_axis}); through-plane super-resolution needs square pixels")
   p = float(np.mean(others))
   s = float(sp[slice_axis]) if spacing is None else float(spacing)
   if not (s > 0 and math.isfinite(s)):
     raise errors.UserError(f"--slice_spacing must be a positive number of mm, got {spacing}")
   if s < MIN_RATIO * p:
     raise errors.UserError(f"{path}: slices {s:.3g} mm apart with {p:.3g} mm pixels in-plane are "
-                     f"near-isotropic (ratio {s / p:.2f} < 2): nothing to super-resolve through-plane")
+                           f"near-isotropic (ratio {s / p:.2f} < 2): nothing to super-resolve through-plane")
   if thickness is not None:
     t, source = float(thickness), "--slice_thickness"
     if not (t > 0 and math.isfinite(t)):
@@ -230,7 +230,7 @@ def predict_file(config: ml_collections.ConfigDict, workdir: str, input_path: st
                        overwrite=overwrite)
   if not input_path.endswith(predict.NIFTI_SUFFIXES):
     raise errors.UserError(f"{input_path}: through-plane super-resolution reads NIfTI (.nii, .nii.gz): it "
-                     f"needs the slice geometry of the header")
+                           f"needs the slice geometry of the header")
   mesh = mesh or sharding.make_mesh()
   data, _, header = predict.load_input(input_path, frame=frame)
   affine = np.asarray(header.get_best_affine(), np.float64)

@@ -130,5 +130,5 @@ def build(arch: str, factor: int, fields: dict, dtype: str = "float32") -> nn.Mo
   unknown = sorted(set(fields) - valid)
   if unknown:
     raise errors.UserError(f"config.through_plane.model: the {arch!r} generator has no field(s) "
-                     f"{', '.join(unknown)}; its fields are {', '.join(sorted(valid))}")
+                           f"{', '.join(unknown)}; its fields are {', '.join(sorted(valid))}")
   return cls(factor=factor, conv_impl=srgan.backend_conv_impl(), dtype=jnp.dtype(dtype), **fields)

@@ -160,7 +160,7 @@ class Geometry:
     _check(self.thickness, self.spacing, self.profile)
     if self.factor < 2:
       raise errors.UserError(f"slices {self.spacing:.3g} output pixels apart: nothing to upsample "
-                       f"(needs a spacing of at least 2 pixels)")
+                             f"(needs a spacing of at least 2 pixels)")
 
   @property
   def factor(self) -> int:

@@ -46,7 +46,7 @@ def settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`config.through_plane`, or one error saying which config has it."""
   if "through_plane" not in config:
     raise errors.UserError("this config has no through_plane section; use --config=configs/through_plane.py "
-                     "(or add one like it)")
+                           "(or add one like it)")
   return config.through_plane
 
 
@@ -85,7 +85,7 @@ class Trainer:
     self.crop = min(self.crop, h, w)
     if self.crop < 2 * geometry.spacing + geometry.factor:
       raise errors.UserError(f"in-plane slices of {h}x{w} pixels are too small to learn slices "
-                       f"{geometry.spacing:.3g} pixels apart")
+                             f"{geometry.spacing:.3g} pixels apart")
     self.matrix, self.rows = geometry.training_matrix(self.crop)
     # Slices with anatomy: the mean of a slice above a tenth of the brightest slice's mean (the ends of
     # a stack are often air).
@@ -166,11 +166,12 @@ def train(trainer: Trainer, workdir: str, mesh, *, log_every: int = 50,
     got = checkpoints.read_meta(directory).get("identity", {})
     diff = sorted(k for k in set(want) | set(got) if json.dumps(want.get(k)) != json.dumps(got.get(k)))
     if diff:
-      raise errors.UserError(f"{workdir}: holds a through-plane model trained for another volume or setting "
-                       f"({', '.join(f'{k}: {got.get(k)!r} there, {want.get(k)!r} here' for k in diff[:3])}); "
-                       f"use a new --workdir for this input")
+      what = ", ".join(f"{k}: {got.get(k)!r} there, {want.get(k)!r} here" for k in diff[:3])
+      raise errors.UserError(f"{workdir}: holds a through-plane model trained for another volume or "
+                             f"setting ({what}); use a new --workdir for this input")
   rep = sharding.replicated(mesh)
-  abstract = checkpoints.abstract_with_shardings(jax.eval_shape(trainer.init, jax.random.key(trainer.seed)), rep)
+  abstract = checkpoints.abstract_with_shardings(
+      jax.eval_shape(trainer.init, jax.random.key(trainer.seed)), rep)
   init = jax.jit(trainer.init, out_shardings=rep)
   mngr = checkpoints.manager(directory, keep=2)
   writer = None
@@ -231,7 +232,7 @@ def restore(cfg, geometry: profile.Geometry, workdir: str, mesh, *, seed: int = 
   for key in ("arch", "model", "factor"):
     if json.dumps(got.get(key)) != json.dumps(want[key]):
       raise errors.UserError(f"{workdir}: its through-plane model has {key} {got.get(key)!r}, this input "
-                       f"and config need {want[key]!r}")
+                             f"and config need {want[key]!r}")
   for key in ("thickness_px", "spacing_px", "profile"):
     if got.get(key) != want[key]:
       logging.warning("%s: model trained for %s %r, this input has %r", workdir, key, got.get(key),
