@@ -50,19 +50,43 @@ def assert_trees_equal(a, b, check=None):
 
 
 def tiny_config(data_dir, **sr):
-  """configs/tiny.py pointed at `data_dir`, with SR-stage overrides."""
+  """configs/tiny.py pointed at `data_dir`, with SR-stage overrides, read by two data readers: the
+  batches two processes read (one reader each), so the session's trained run is also the reference
+  of the two-process test (test_distributed.py) and no test trains a second one for it."""
   from configs import tiny
   config = tiny.get_config()
   config.data_dir = data_dir
+  config.input_readers = 2
   config.sr.update(sr)
   return config
 
 
 @pytest.fixture(scope="session")
-def trained(sample_data_dir, tmp_path_factory):
-  """All three stages of the tiny config, uninterrupted: (config, workdir, {stage: state})."""
+def compile_cache_dir(tmp_path_factory) -> str:
+  """One folder for JAX's persistent compilation cache, shared by the session's trainings."""
+  return str(tmp_path_factory.mktemp("compile_cache"))
+
+
+@pytest.fixture
+def shared_compile_cache(compile_cache_dir):
+  """A context manager: JAX's persistent compilation cache on, in the session's folder, inside the
+  block (as run.py turns it on for a run: mrsr_jax/compile_cache.py; JAX's setting is restored after).
+  The tests that train or step the tiny config again (resume, NaN guard, the one-vs-eight-device
+  update, the fixed-batch losses) load the session's trained run's compiled steps instead of compiling
+  the same computation again: the same executables, so what they compare is unchanged. Only inside
+  the block: the compile-counting tests (test_no_recompile.py) run without it."""
+  from mrsr_jax import compile_cache
+  return lambda: compile_cache.enabled(compile_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def trained(sample_data_dir, tmp_path_factory, compile_cache_dir):
+  """All three stages of the tiny config, uninterrupted: (config, workdir, {stage: state}). Its
+  compiled steps go to the session's compilation cache (`shared_compile_cache`)."""
+  from mrsr_jax import compile_cache
   from mrsr_jax.train import pipeline
   workdir = str(tmp_path_factory.mktemp("run"))
   config = tiny_config(sample_data_dir)
-  states = pipeline.train(config, workdir)
+  with compile_cache.enabled(compile_cache_dir):
+    states = pipeline.train(config, workdir)
   return config, workdir, states

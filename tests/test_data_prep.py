@@ -609,12 +609,14 @@ def test_tfds_load_builds_and_slices(tmp_path, mni2mm, small_ixi):
 
 
 def _has(module):
-  return importlib.util.find_spec(module) is not None
+  """Installed; or required (MRSR_REQUIRE_BEAM=1, .ci/beam_tests.sh): then the test runs and fails
+  without it instead of skipping."""
+  return os.environ.get("MRSR_REQUIRE_BEAM") == "1" or importlib.util.find_spec(module) is not None
 
 
-@pytest.mark.skipif(not (_has("apache_beam") and _has("mlcroissant")),
-                    reason="`tfds build` needs apache-beam and mlcroissant (TFDS 4.9's CLI imports both): "
-                           "pip install 'mrsr_jax[beam]'")
+@pytest.mark.skipif(not (_has("apache_beam") and _has("mlcroissant") and _has("tensorflow")),
+                    reason="`tfds build` needs apache-beam, mlcroissant and TensorFlow (TFDS 4.9's CLI imports "
+                           "all three): pip install 'mrsr_jax[beam,tf]' (.ci/beam_tests.sh)")
 def test_tfds_build_cli_gives_the_front_doors_records(tmp_path, mni2mm, small_ixi):
   from tensorflow_datasets.scripts.cli import main as tfds_cli
 
@@ -626,7 +628,7 @@ def test_tfds_build_cli_gives_the_front_doors_records(tmp_path, mni2mm, small_ix
   _same_records(str(tmp_path / "cli" / "ixi" / "t1"), str(tmp_path / "door" / "ixi" / "t1"))
 
 
-@pytest.mark.skipif(not _has("apache_beam"), reason="the Beam path needs apache-beam: pip install 'mrsr_jax[beam]'")
+@pytest.mark.skipif(not _has("apache_beam"), reason="the Beam path needs apache-beam: pip install 'mrsr_jax[beam]' (.ci/beam_tests.sh)")
 def test_beam_direct_runner_gives_the_plain_records(tmp_path, sample_data_dir):
   """--beam_pipeline_options: the same per-volume conversion as a Beam FlatMap (the DirectRunner
   here, Dataflow / Spark / Flink at scale) gives the sample's records of the plain build."""

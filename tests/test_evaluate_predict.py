@@ -2,7 +2,6 @@
 
 import json
 import os
-import subprocess
 import sys
 
 import h5py
@@ -274,18 +273,21 @@ def test_predict_bad_inputs_fail_without_output(trained, tmp_path, kind, message
   assert not out.exists() and not any(p.name.startswith(".partial") for p in tmp_path.iterdir())
 
 
-def test_predict_cli_errors_cleanly(trained, tmp_path):
-  """Through run.py: wrong scale for the checkpoint and a workdir without one exit non-zero, one line."""
+def test_predict_cli_errors_cleanly(trained, tmp_path, capsys):
+  """Through run.py (its main in-process: the same argument handling and error lines as a fresh
+  interpreter, without one's start-up): wrong scale for the checkpoint and a workdir without one exit
+  non-zero with one line, and write nothing."""
+  import run as run_py
   config, workdir, _ = trained
   out = tmp_path / "o.nii.gz"
-  base = [sys.executable, os.path.join(ROOT, "run.py"), "--config", os.path.join(ROOT, "configs/tiny.py"),
-          f"--config.data_dir={config.data_dir}", "--mode=predict", f"--input={nibabel_anatomical()}",
-          f"--output={out}"]
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  r = subprocess.run(base + [f"--workdir={workdir}", "--config.scale=4"], capture_output=True,
-                     text=True, env=env, timeout=300)
-  assert r.returncode != 0 and "trained for scale 2, not 4" in r.stderr
-  r = subprocess.run(base + [f"--workdir={tmp_path / 'empty'}"], capture_output=True, text=True,
-                     env=env, timeout=300)
-  assert r.returncode != 0 and "no trained SR checkpoint" in r.stderr
+  base = ["run.py", "--config", os.path.join(ROOT, "configs/tiny.py"), f"--config.data_dir={config.data_dir}",
+          "--mode=predict", f"--input={nibabel_anatomical()}", f"--output={out}"]
+  for args, message in (([f"--workdir={workdir}", "--config.scale=4"], "trained for scale 2, not 4"),
+                        ([f"--workdir={tmp_path / 'empty'}"], "no trained SR checkpoint")):
+    capsys.readouterr()
+    rc = run_py.main(base + args)
+    # absl log records start with a severity letter and a date ("I1125 22:20:08.48 ..."): not messages.
+    lines = [l for l in capsys.readouterr().err.splitlines()
+             if l.strip() and not (l[:1] in "IWEF" and l[1:5].isdigit())]
+    assert rc != 0 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (rc, lines)
   assert not out.exists()

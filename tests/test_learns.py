@@ -35,6 +35,7 @@ def learnt(sample_data_dir, tmp_path_factory):
   from mrsr_jax.train import pipeline
   config = tiny_config(sample_data_dir)
   config.seed = 0            # the seed the margin was measured with (init, data order, crops)
+  config.input_readers = 0   # one reader: the example order the margin was measured with
   config.stages = ("sr",)
   config.crop_size = 32
   config.checkpoint_every_steps = 1000

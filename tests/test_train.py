@@ -40,7 +40,7 @@ def losses_on_a_fixed_batch(config, workdir, name, states):
   return {k: (float(before[k]), float(after[k])) for k in before}
 
 
-def test_every_stage_trains_and_checkpoints(trained):
+def test_every_stage_trains_and_checkpoints(trained, shared_compile_cache):
   config, workdir, states = trained
   mesh = sharding.make_mesh()
   for name in ("vit", "ae", "sr"):
@@ -64,7 +64,8 @@ def test_every_stage_trains_and_checkpoints(trained):
   # Learned: the ViT's pretext loss and the autoencoder's reconstruction loss fall on a fixed batch.
   # (That the SR generator learns is test_learns.py's: its 4 steps here are adversarial.)
   for name, key in (("vit", "loss"), ("ae", "g_rec")):
-    before, after = losses_on_a_fixed_batch(config, workdir, name, states)[key]
+    with shared_compile_cache():       # the loop's own compiled step, from the session's cache
+      before, after = losses_on_a_fixed_batch(config, workdir, name, states)[key]
     print(f"{name} {key}: {before:.4f} at init -> {after:.4f} trained")
     assert after < before, (name, key, before, after)
 
@@ -102,7 +103,7 @@ def metric_steps(workdir, stage="sr", key="sr/g_total"):
     return [r["step"] for r in map(json.loads, f) if key in r]
 
 
-def test_resume_equals_uninterrupted(trained, tmp_path, caplog, monkeypatch):
+def test_resume_equals_uninterrupted(trained, tmp_path, caplog, monkeypatch, shared_compile_cache):
   config, workdir, states = trained
   # Same run, crashed after 2 SR steps (a checkpoint every 2 steps), then rerun to the end.
   config2 = tiny_config(config.data_dir, features_workdir=workdir)
@@ -116,7 +117,9 @@ def test_resume_equals_uninterrupted(trained, tmp_path, caplog, monkeypatch):
     yield next(batches)
 
   monkeypatch.setattr(loop, "train_iterator", two_batches)
-  with pytest.raises(RuntimeError, match=r"\[sr\] the training data ran out at step 2"):
+  # The compiled step comes from the session's cache (the trained run's SR step), as a resumed run.py
+  # run loads its own: the same executable, so the bit-for-bit comparison below is unaffected.
+  with pytest.raises(RuntimeError, match=r"\[sr\] the training data ran out at step 2"), shared_compile_cache():
     pipeline.train(config2, resumed_dir)
   monkeypatch.setattr(loop, "train_iterator", all_batches)
   ckpt_dir = os.path.join(resumed_dir, "sr", "checkpoints")
@@ -131,7 +134,8 @@ def test_resume_equals_uninterrupted(trained, tmp_path, caplog, monkeypatch):
   assert checkpoints.latest_step(ckpt_dir) == 2
   caplog.set_level(logging.INFO, logger="absl")
   caplog.clear()
-  final = pipeline.train(config2, resumed_dir)["sr"]
+  with shared_compile_cache():
+    final = pipeline.train(config2, resumed_dir)["sr"]
   # It continued from step 2: said so, ran only steps 2..4, kept the step-2 checkpoint as it was, and
   # logged each step once (a silent restart from 0 would fail each of these).
   assert f"[sr] training steps 2..{config.sr.num_steps}" in caplog.text
@@ -148,7 +152,8 @@ def test_resume_equals_uninterrupted(trained, tmp_path, caplog, monkeypatch):
         r"checkpoint \(step 2\) in .* is intact\."),
     (2, r"non-finite loss at step 4: .*g_total=nan.*stopping, the last good checkpoint \(step 2\)"),
 ])
-def test_nan_guard_never_saves_nonfinite_state(trained, tmp_path, monkeypatch, every, caught):
+def test_nan_guard_never_saves_nonfinite_state(trained, tmp_path, monkeypatch, shared_compile_cache, every,
+                                              caught):
   """The learning rate turns NaN at the 3rd update: the state after step 3 is NaN while the loss of
   step 3 (computed before its update) is finite. With a checkpoint every step, the state check stops
   the save of step 3; otherwise the loss of step 4 stops the run. Either way the newest checkpoint on
@@ -168,7 +173,7 @@ def test_nan_guard_never_saves_nonfinite_state(trained, tmp_path, monkeypatch, e
   bad.log_every_steps = every
   bad.image_every_steps = 0
   run = tmp_path / "nan"
-  with pytest.raises(loop.NonFiniteLossError, match=caught):
+  with pytest.raises(loop.NonFiniteLossError, match=caught), shared_compile_cache():  # one compile, two cases
     pipeline.train(bad, str(run))
   ckpt_dir = str(run / "sr" / "checkpoints")
   assert checkpoints.latest_step(ckpt_dir) == 2
@@ -178,7 +183,7 @@ def test_nan_guard_never_saves_nonfinite_state(trained, tmp_path, monkeypatch, e
   assert not (run / "sr" / "checkpoints" / "3").exists()
 
 
-def test_same_update_on_one_and_eight_devices(trained):
+def test_same_update_on_one_and_eight_devices(trained, shared_compile_cache):
   config, workdir, _ = trained
   assert jax.device_count() == 8, "tests run with 8 emulated CPU devices (conftest.py)"
   stage = SRStage(config, workdir)
@@ -193,7 +198,8 @@ def test_same_update_on_one_and_eight_devices(trained):
     init, _ = loop.init_state(stage, mesh)
     state = init(jax.random.key(config.seed))
     step = loop.step_lib.compile_step(stage.update, mesh)
-    new, metrics = step(state, sharding.to_global(batch_np, mesh), rng, stage.frozen(mesh))
+    with shared_compile_cache():      # the eight-device step: the trained run's
+      new, metrics = step(state, sharding.to_global(batch_np, mesh), rng, stage.frozen(mesh))
     results.append((jax.device_get(new.opt_state), jax.device_get(new.batch_stats),
                     jax.device_get(metrics)))
   # Compare the gradients (Adam's first moment after one step is 0.1·g) rather than the params:
@@ -231,7 +237,8 @@ def test_kill_9_during_a_save_then_restart_resumes_and_equals_uninterrupted(trai
   ckpt_dir = run_dir / "sr" / "checkpoints"
   cmd = [sys.executable, str(ROOT / "run.py"), f"--config={ROOT}/configs/tiny.py",
          f"--workdir={run_dir}", f"--config.data_dir={config.data_dir}", "--config.stages=('sr',)",
-         f"--config.sr.features_workdir={workdir}", f"--config.sr.num_steps={steps}"]
+         f"--config.sr.features_workdir={workdir}", f"--config.sr.num_steps={steps}",
+         f"--config.input_readers={ref.input_readers}"]
   # The restart loads the killed run's compiled step from JAX's persistent cache instead of compiling
   # it again (the same executable, so the bit-for-bit comparison is unaffected; test time only).
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
@@ -287,11 +294,23 @@ def sr_step(sample_data_dir):
   return stage, state, batch, hr, sr
 
 
+_COMPILED = {}   # (disc_bn_in_g, gd_update, adv_weight) -> the SR update compiled for the fixture's state
+
+
+def _compiled_step(stage, state, batch):
+  """The SR update for config.sr as it is now, compiled once per setting the tests use (a fresh
+  function each time: jit would reuse the trace of a bound method it has seen, whatever the config
+  says now); the tests share the settings they have in common."""
+  key = (stage.cfg.disc_bn_in_g, stage.cfg.gd_update, float(stage.cfg.loss.adv_weight))
+  if key not in _COMPILED:
+    _COMPILED[key] = jax.jit(lambda *a: stage.update(*a)).lower(state, batch, jax.random.key(1), {}).compile()
+  return _COMPILED[key]
+
+
 def _step(stage, state, batch, **fields):
-  """One SR update with `fields` of config.sr set (a fresh function: jit would reuse the trace of a
-  bound method it has seen, whatever the config says now)."""
+  """One SR update with `fields` of config.sr set."""
   stage.cfg.update(fields)
-  return jax.device_get(jax.jit(lambda *a: stage.update(*a))(state, batch, jax.random.key(1), {}))
+  return jax.device_get(_compiled_step(stage, state, batch)(state, batch, jax.random.key(1), {}))
 
 
 def test_disc_batchnorm_in_the_generator_loss(sr_step):
@@ -355,9 +374,11 @@ def test_without_l_adv_the_step_leaves_d_out(sr_step):
   rng = jax.random.key(1)
   flops, result = {}, {}
   try:
+    # With L_adv on, the step of the previous test's "simultaneous" case: compiled once for both.
+    stage.cfg.update(disc_bn_in_g="train", gd_update="simultaneous")
     for adv in (1.0, 0.0):
       stage.cfg.loss.adv_weight = adv
-      step = jax.jit(lambda *a: stage.update(*a)).lower(state, batch, rng, {}).compile()
+      step = _compiled_step(stage, state, batch)
       flops[adv] = step.cost_analysis()["flops"]
       result[adv] = jax.device_get(step(state, batch, rng, {}))
   finally:
