@@ -2,9 +2,10 @@
 
 Hooks follow the flax examples: progress (steps/s, ETA) and metric writers with clu's interface
 (`mrsr_jax.train.writers`: TensorBoard + console without TensorFlow, and a JSON-lines copy that the
-evaluation report plots as Fig. 7), image
-summaries every `image_every_steps`, and orbax saves every `checkpoint_every_steps` and at the end.
-Only process 0 writes logs and summaries; every process takes part in checkpointing.
+evaluation report plots as Fig. 7), image summaries every `image_every_steps`, and orbax saves every
+`checkpoint_every_steps` and at the end; each periodic action is a method of `StageHooks`, so
+`train_stage`'s loop reads as the pipeline. Only process 0 writes logs and summaries; every process
+takes part in checkpointing.
 """
 
 from __future__ import annotations
@@ -227,6 +228,84 @@ def nonfinite_leaves(tree) -> list[str]:
   return [p for p, good in zip(paths, ok) if not good]
 
 
+def due(done: int, every: int, num_steps: int) -> bool:
+  """Whether a periodic action runs after step `done`: every `every` steps (0: never) and at the last."""
+  return bool(every) and (done % every == 0 or done == num_steps)
+
+
+class StageHooks:
+  """The periodic actions of `train_stage` around its step: the (one step late) loss check, scalar
+  logs, image summaries and checkpoints. Each raises NonFiniteLossError rather than log or save
+  anything non-finite; the message says what is on disk."""
+
+  def __init__(self, stage: Stage, mngr, writer: writers.Writer, images_fn, frozen: Any, meta: dict):
+    self.stage, self.mngr, self.writer = stage, mngr, writer
+    self.images_fn, self.frozen, self.meta = images_fn, frozen, meta
+
+  def _kept(self) -> str:
+    self.mngr.wait_until_finished()      # a save still in flight is part of what is kept
+    last = self.mngr.latest_step()
+    return (f"the last good checkpoint (step {last}) in {self.mngr.directory} is intact"
+            if last is not None else "no checkpoint had been written yet")
+
+  def check(self, metrics, step_no: int) -> dict[str, Any]:
+    """The step's metrics on the host, if its loss is finite."""
+    host = jax.device_get(metrics)
+    bad = step_lib.nonfinite_terms(host)
+    if bad:
+      raise NonFiniteLossError(
+          f"[{self.stage.name}] non-finite loss at step {step_no}: "
+          + ", ".join(f"{k}={host[k]}" for k in bad) + f"; stopping, {self._kept()}.")
+    return host
+
+  def log_metrics(self, done: int, metrics) -> None:
+    host = self.check(metrics, done)
+    self.writer.write_scalars(done, {f"{self.stage.name}/{k}": v for k, v in host.items()})
+
+  def write_images(self, done: int, state: TrainState, batch: dict, rng: jax.Array, orientation) -> None:
+    from mrsr_jax import figures   # matplotlib only once an image is written
+    imgs = jax.device_get(self.images_fn(state, batch, rng, self.frozen))
+    self.writer.write_images(done, {f"{self.stage.name}/{k}": figures.display_batch(np.clip(v, 0, 1),
+                                                                                      orientation)
+                                    for k, v in imgs.items()})
+
+  def save_checkpoint(self, done: int, state: TrainState, metrics) -> None:
+    self.check(metrics, done)
+    # The loss was computed from the parameters *before* this step's update; what is saved is the
+    # state after it, so that is what must be finite.
+    bad = nonfinite_leaves(state)
+    if bad:
+      more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+      raise NonFiniteLossError(
+          f"[{self.stage.name}] step {done} made the train state non-finite ({', '.join(bad[:3])}"
+          f"{more}); not saved: stopping, {self._kept()}.")
+    checkpoints.save(self.mngr, done, state, self.meta)
+
+
+def _next_batch(batches: Iterator[dict], stage: Stage, step: int) -> tuple[dict, Any]:
+  """(the global batch, its host-side orientations) for `step`."""
+  try:
+    batch = next(batches)
+  except StopIteration:
+    raise RuntimeError(f"[{stage.name}] the training data ran out at step {step}") from None
+  # This process's rows only, the first rows of the global batch on process 0, which writes.
+  return batch, batch.pop("orientation", ())
+
+
+def _log_start(stage: Stage, mesh, start: int, num_steps: int, microbatches: int) -> None:
+  per_device = stage.batch_size // mesh.devices.size
+  logging.info("[%s] training steps %d..%d, global batch %d on %d devices (%d per device, %d "
+               "microbatch(es) of %d)", stage.name, start, num_steps, stage.batch_size,
+               mesh.devices.size, per_device, microbatches, per_device // microbatches)
+
+
+def _log_compile(stage: Stage, update, *args) -> None:
+  """Compiles the step ahead of its first call, to log how long that took."""
+  seconds, cached = step_lib.compile_timed(update, *args)
+  logging.info("[%s] step compiled in %.1f s%s", stage.name, seconds,
+               " (from JAX's persistent compilation cache)" if cached else "")
+
+
 def train_stage(stage: Stage, mesh) -> TrainState:
   """Trains `stage` to its step count, resuming from its checkpoints; returns the final state.
 
@@ -235,8 +314,7 @@ def train_stage(stage: Stage, mesh) -> TrainState:
   each checkpoint. Either failure stops the run with NonFiniteLossError, the checkpoints on disk intact.
   """
   config = stage.config
-  info = records.read_info(dataset_dir(config))
-  num_steps = stage.num_steps(info)
+  num_steps = stage.num_steps(records.read_info(dataset_dir(config)))
   sharding.check_batch_size(stage.batch_size, mesh)
   microbatches = stage.microbatches(mesh.devices.size)
   mngr = checkpoints.manager(os.path.join(stage.dir, "checkpoints"), keep=config.keep_checkpoints)
@@ -251,73 +329,35 @@ def train_stage(stage: Stage, mesh) -> TrainState:
 
     frozen = stage.frozen(mesh)
     update = step_lib.compile_step(stage.update, mesh, microbatches)
-    images_fn = jax.jit(stage.images)
     writer = make_writer(stage.dir, start)
     if start == 0:
       writer.write_hparams(stage.hparams())
     progress = writers.Progress(num_train_steps=num_steps, writer=writer,
                                 every_steps=config.log_every_steps)
-    meta = {"stage": stage.name, "num_steps": num_steps, "config": config.to_json_best_effort()}
-    logging.info("[%s] training steps %d..%d, global batch %d on %d devices (%d per device, %d "
-                 "microbatch(es) of %d)", stage.name, start, num_steps, stage.batch_size,
-                 mesh.devices.size, stage.batch_size // mesh.devices.size, microbatches,
-                 stage.batch_size // mesh.devices.size // microbatches)
-
-    def kept() -> str:
-      mngr.wait_until_finished()      # a save still in flight is part of what is kept
-      last = mngr.latest_step()
-      return (f"the last good checkpoint (step {last}) in {mngr.directory} is intact"
-              if last is not None else "no checkpoint had been written yet")
-
-    def check(step_metrics, step_no):
-      host = jax.device_get(step_metrics)
-      bad = step_lib.nonfinite_terms(host)
-      if bad:
-        raise NonFiniteLossError(
-            f"[{stage.name}] non-finite loss at step {step_no}: "
-            + ", ".join(f"{k}={host[k]}" for k in bad) + f"; stopping, {kept()}.")
-      return host
+    hooks = StageHooks(stage, mngr, writer, jax.jit(stage.images), frozen,
+                       meta={"stage": stage.name, "num_steps": num_steps,
+                             "config": config.to_json_best_effort()})
+    _log_start(stage, mesh, start, num_steps, microbatches)
 
     batches = train_iterator(stage, config, start, mesh)
     pending = None          # metrics of the previous step: checked after the next one is dispatched
     for step in range(start, num_steps):
-      try:
-        batch = next(batches)
-        # This process's rows only, the first rows of the global batch on process 0, which writes.
-        orientation = batch.pop("orientation", ())
-      except StopIteration:
-        raise RuntimeError(f"[{stage.name}] the training data ran out at step {step}") from None
+      batch, orientation = _next_batch(batches, stage, step)
       rng = step_lib.step_rng(config.seed, step)
       if step == start:
-        seconds, cached = step_lib.compile_timed(update, state, batch, rng, frozen)
-        logging.info("[%s] step compiled in %.1f s%s", stage.name, seconds,
-                     " (from JAX's persistent compilation cache)" if cached else "")
+        _log_compile(stage, update, state, batch, rng, frozen)
       state, metrics = update(state, batch, rng, frozen)
       if pending is not None:
-        check(*pending)
-      pending = (metrics, step + 1)
+        hooks.check(*pending)
       done = step + 1
+      pending = (metrics, done)
       progress(done)
-      if done % config.log_every_steps == 0 or done == num_steps:
-        host = check(*pending)
-        writer.write_scalars(done, {f"{stage.name}/{k}": v for k, v in host.items()})
-      if config.image_every_steps and (done % config.image_every_steps == 0 or done == num_steps):
-        from mrsr_jax import figures   # matplotlib only once an image is written
-        imgs = jax.device_get(images_fn(state, batch, rng, frozen))
-        writer.write_images(done, {f"{stage.name}/{k}": figures.display_batch(np.clip(v, 0, 1),
-                                                                               orientation)
-                                   for k, v in imgs.items()})
-      if done % config.checkpoint_every_steps == 0 or done == num_steps:
-        check(*pending)
-        # The loss above was computed from the parameters *before* this step's update; what is
-        # saved is the state after it, so that is what must be finite.
-        bad = nonfinite_leaves(state)
-        if bad:
-          more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-          raise NonFiniteLossError(
-              f"[{stage.name}] step {done} made the train state non-finite ({', '.join(bad[:3])}"
-              f"{more}); not saved: stopping, {kept()}.")
-        checkpoints.save(mngr, done, state, meta)
+      if due(done, config.log_every_steps, num_steps):
+        hooks.log_metrics(done, metrics)
+      if due(done, config.image_every_steps, num_steps):
+        hooks.write_images(done, state, batch, rng, orientation)
+      if due(done, config.checkpoint_every_steps, num_steps):
+        hooks.save_checkpoint(done, state, metrics)
     mngr.wait_until_finished()
   finally:
     if writer is not None:
