@@ -234,24 +234,46 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> dict
   if config.eval.size % config.scale:
     raise errors.UserError(f"config.eval.size {config.eval.size} is not divisible by scale {config.scale}")
   methods = lr_models(config)
-  info = records.read_info(loop.dataset_dir(config))
-  labels = info["labels"]
+  labels = records.read_info(loop.dataset_dir(config))["labels"]
   split = config.eval.split
+  rows, row_info = _rows(config, workdir, mesh)
+  scan = _scan_split(config, split, labels)
+  vol_max, _, _, vol_view = scan
+  if not vol_max:
+    raise errors.UserError(f"{loop.dataset_dir(config)}: the '{split}' split has no slices")
+  accs, panels = _score_split(config, split, labels, rows, methods, scan, mesh)
+  report = _report(config, split, methods, row_info, accs, vol_max)
+  if jax.process_index() == 0:
+    _write_report(config, workdir, report, panels, list(rows), vol_view)
+  return report
 
+
+def _rows(config, workdir: str, mesh) -> tuple[dict[str, Any], dict[str, dict]]:
+  """The report's rows, in table order: {name: generator lr -> sr} and {name: where it comes from}.
+
+  Bicubic upsampling, this run, the ablation runs of `config.eval.ablation_workdirs` and the
+  comparison networks the run trained beside ours (config.baselines; mrsr_jax/baselines.py)."""
   rows: dict[str, Any] = {"bicubic": lambda lr: degrade.upsample_bicubic(lr, config.scale)}
   row_info: dict[str, dict] = {"bicubic": {}}
   rows["ours"], row_info["ours"] = load_generator(config, workdir, mesh)
   for name, other in config.eval.ablation_workdirs:
     cfg = workdir_config(other, config)
     rows[name], row_info[name] = load_generator(cfg, other, mesh)
-  # The comparison networks the run trained beside ours (config.baselines; mrsr_jax/baselines.py).
   for arch in config.baselines:
     rows[arch], row_info[arch] = load_generator(baselines.config_for(config, arch),
                                                 baselines.workdir_for(workdir, arch), mesh)
+  return rows, row_info
 
-  vol_max, vol_slices, vol_label, vol_view = _scan_split(config, split, labels)
-  if not vol_max:
-    raise errors.UserError(f"{loop.dataset_dir(config)}: the '{split}' split has no slices")
+
+def _score_split(config, split, labels, rows, methods, scan, mesh
+                 ) -> tuple[dict[str, dict[str, dict[str, metrics_lib.MetricsAccumulator]]],
+                            dict[tuple[str, int], dict[str, np.ndarray]]]:
+  """Pass 2: every row on every LR model over the whole split, across processes.
+
+  Returns the per-slice sums, {LR model: {row: {contrast label: MetricsAccumulator}}}, and the
+  figures' slices (the middle slice of the first `config.eval.num_figure_slices` volumes),
+  {(volume id, slice index): {"hr" | row: [H, W]}}, on every process."""
+  vol_max, vol_slices, vol_label, _ = scan
   # Integer ids travel with the slices through the gather; every process builds the same list.
   vid_list = sorted(vol_max)
   vid_index = {v: i for i, v in enumerate(vid_list)}
@@ -259,9 +281,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> dict
                  sorted(vol_slices.items())[:config.eval.num_figure_slices]}
 
   eval_step = make_eval_step(config, rows, methods)
-  # LR model -> row -> contrast label -> MetricsAccumulator
   accs = {m: {name: {} for name in rows} for m in methods}
-  figures: dict[tuple[str, int], dict[str, np.ndarray]] = {}
+  panels: dict[tuple[str, int], dict[str, np.ndarray]] = {}
   n_total = sum(len(v) for v in vol_slices.values())
   seen, t0 = 0, time.time()
   for batch in _test_batches(config, split):
@@ -277,25 +298,37 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> dict
     g_ids, g_idx, out = multihost_utils.process_allgather((ids_g, idx_g, out), tiled=True)
     g_mask = g_ids >= 0
     g_vids = [vid_list[i] if i >= 0 else "" for i in g_ids]
-    g_labels = np.asarray([vol_label.get(v, "") for v in g_vids])
-    for label in sorted(set(g_labels[g_mask])):
-      sel = g_mask & (g_labels == label)
-      for k, method in enumerate(methods):
-        for name in rows:
-          acc = accs[method][name].setdefault(label, metrics_lib.MetricsAccumulator())
-          acc.update(g_vids, {"tsq": out["tsq"], **{key: out[name][key][k] for key in
-                                                    ("sse", *METRICS)}}, mask=sel)
+    _accumulate(accs, out, g_vids, g_mask, vol_label)
     wanted = [i for i, (v, s) in enumerate(zip(g_vids, g_idx)) if g_mask[i] and (v, int(s)) in figure_keys]
     if wanted:   # the same decision on every process (gathered ids): the gather is a collective
       g_hr, g_preds = multihost_utils.process_allgather((hr, preds), tiled=True)
       for i in wanted:
-        figures[(g_vids[i], int(g_idx[i]))] = {"hr": g_hr[i, ..., 0],
-                                              **{n: g_preds[n][i, ..., 0] for n in rows}}
+        panels[(g_vids[i], int(g_idx[i]))] = {"hr": g_hr[i, ..., 0],
+                                             **{n: g_preds[n][i, ..., 0] for n in rows}}
     seen += int(g_mask.sum())
     rate = seen / max(time.time() - t0, 1e-9)
     logging.info("eval: %d/%d slices, %.1f slices/s, ETA %.0f s", seen, n_total, rate,
                  (n_total - seen) / max(rate, 1e-9))
+  return accs, panels
 
+
+def _accumulate(accs, out, g_vids: list[str], g_mask: np.ndarray, vol_label: dict[str, str]) -> None:
+  """Adds one gathered batch of `eval_step` numbers to `accs` (LR model -> row -> contrast label ->
+  MetricsAccumulator), each slice under its volume's contrast."""
+  g_labels = np.asarray([vol_label.get(v, "") for v in g_vids])
+  for label in sorted(set(g_labels[g_mask])):
+    sel = g_mask & (g_labels == label)
+    for k, per_method in enumerate(accs.values()):
+      for name, per_label in per_method.items():
+        acc = per_label.setdefault(label, metrics_lib.MetricsAccumulator())
+        acc.update(g_vids, {"tsq": out["tsq"], **{key: out[name][key][k] for key in
+                                                  ("sse", *METRICS)}}, mask=sel)
+
+
+def _report(config, split: str, methods: tuple[str, ...], row_info: dict[str, dict], accs,
+            vol_max: dict[str, float]) -> dict[str, Any]:
+  """The report (results.json) from the per-slice sums: every row's numbers on every LR model
+  (`robustness`; each with its gain over bicubic on the same LR), the matched one as `results`."""
   robustness = {
       method: {name: {label: summarise(acc, vol_max, config.eval.size) for label, acc in sorted(per.items())}
                for name, per in per_method.items()}
@@ -307,29 +340,32 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> dict
           base = per_method["bicubic"][label]
           cell["psnr_gain"] = cell["psnr"] - base["psnr"]
           cell["ssim_gain"] = cell["ssim"] - base["ssim"]
-  table = robustness[config.degradation]
-  report = {
+  return {
       "dataset": config.dataset, "split": split, "scale": config.scale,
       "degradation": config.degradation, "eval_size": config.eval.size,
-      "rows": row_info, "results": table, "lr_models": list(methods), "robustness": robustness,
-      "code_version": code_version(), "config": json.loads(config.to_json_best_effort()),
+      "rows": row_info, "results": robustness[config.degradation], "lr_models": list(methods),
+      "robustness": robustness, "code_version": code_version(),
+      "config": json.loads(config.to_json_best_effort()),
   }
-  if jax.process_index() == 0:
-    out_dir = os.path.join(workdir, "eval")
-    os.makedirs(out_dir, exist_ok=True)
-    write_tables(report, out_dir)
-    from mrsr_jax import figures as figures_lib
-    for (vid, idx), panel in sorted(figures.items()):
-      figures_lib.comparison_panel(
-          panel, list(rows), os.path.join(out_dir, f"fig2_{vid.replace('/', '_')}_slice{idx:03d}.png"),
-          title=f"{vid} slice {idx}, {config.scale}×", orientation=vol_view[vid]["orientation"],
-          box=tuple(vol_view[vid]["box"]))
-    for stage in ("vit", "ae", "sr"):
-      path = os.path.join(workdir, stage, "metrics.jsonl")
-      if os.path.exists(path):
-        figures_lib.loss_curves(path, os.path.join(out_dir, f"loss_curves_{stage}.png"), title=stage)
-    logging.info("evaluation report written to %s", out_dir)
-  return report
+
+
+def _write_report(config, workdir: str, report: dict[str, Any], panels, rows: list[str],
+                  vol_view: dict[str, dict[str, Any]]) -> None:
+  """`<workdir>/eval/`: the tables, a Fig. 2 panel per figure slice, and each stage's loss curves."""
+  from mrsr_jax import figures
+  out_dir = os.path.join(workdir, "eval")
+  os.makedirs(out_dir, exist_ok=True)
+  write_tables(report, out_dir)
+  for (vid, idx), panel in sorted(panels.items()):
+    figures.comparison_panel(
+        panel, rows, os.path.join(out_dir, f"fig2_{vid.replace('/', '_')}_slice{idx:03d}.png"),
+        title=f"{vid} slice {idx}, {config.scale}×", orientation=vol_view[vid]["orientation"],
+        box=tuple(vol_view[vid]["box"]))
+  for stage in ("vit", "ae", "sr"):
+    path = os.path.join(workdir, stage, "metrics.jsonl")
+    if os.path.exists(path):
+      figures.loss_curves(path, os.path.join(out_dir, f"loss_curves_{stage}.png"), title=stage)
+  logging.info("evaluation report written to %s", out_dir)
 
 
 def summarise(acc: metrics_lib.MetricsAccumulator, vol_max: dict[str, float], size: int
