@@ -209,15 +209,7 @@ def comparison_figure(images: Mapping[str, Any], *, reference: Any = None, orien
   Returns:
     The matplotlib Figure.
   """
-  shown = {k: np.asarray(v, np.float32) for k, v in images.items()}
-  if not shown:
-    raise ValueError("comparison_figure: no images")
-  ref = None if reference is None else np.asarray(reference, np.float32)
-  if any(v.ndim != 2 for v in shown.values()) or (ref is not None and ref.ndim != 2):
-    raise ValueError(f"comparison_figure: expected 2D images, got shapes "
-                     f"{[v.shape for v in shown.values()]}")
-  frame = ref.shape if ref is not None else max((v.shape for v in shown.values()), key=np.prod)
-  shown = {k: _to_frame(k, v, frame) for k, v in shown.items()}
+  shown, ref = _framed(images, reference)
   data_range = float(ref.max()) if ref is not None else 1.0
   is_ref = {k: ref is not None and np.array_equal(v, ref) for k, v in shown.items()}
   psnr = {k: _psnr(v, ref, data_range) for k, v in shown.items() if ref is not None and not is_ref[k]}
@@ -226,45 +218,21 @@ def comparison_figure(images: Mapping[str, Any], *, reference: Any = None, orien
   view = lambda x: display_orientation(x[r0:r1, c0:c1], orientation, convention)
   disp = {k: view(v) for k, v in shown.items()}
   ref_disp = view(ref) if ref is not None else next(iter(disp.values()))
-  h, w = ref_disp.shape
-  size = max(8, int(round(detail * min(h, w))))
-  dr, dc = detail_box(ref_disp, size)
-  size = min(size, h, w)
-  zoom = lambda x: x[dr:dr + size, dc:dc + size]
+  zoom = _Detail(ref_disp, detail)
   errors = {k: np.abs(v - ref_disp) for k, v in disp.items() if k in psnr}
-  vmax_err = 1.0
-  if errors:
-    # The 99.5th percentile, not the maximum: one outlier pixel would leave every map near black.
-    vmax_err = float(np.percentile(np.concatenate([e.ravel() for e in errors.values()]), 99.5)) or 1.0
+  vmax_err = _error_scale(errors)
 
   n = len(disp)
   nrows = 4 if errors else 2
   fig, axes = plt.subplots(nrows, n, figsize=(2.4 * n, 2.3 * nrows + 0.6), squeeze=False,
                            layout="constrained")
-  rect = lambda: matplotlib.patches.Rectangle((dc - 0.5, dr - 0.5), size, size, fill=False,
-                                              edgecolor="#00e5ff", linewidth=1.0)
   im_err = None
   for j, (name, img) in enumerate(disp.items()):
-    axes[0, j].imshow(np.clip(img, 0, 1), cmap="gray", vmin=0, vmax=1)
-    axes[0, j].add_patch(rect())
-    axes[1, j].imshow(np.clip(zoom(img), 0, 1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    if name in psnr:
-      axes[0, j].set_title(f"{name}\n{psnr[name]:.2f} dB", fontsize=9)
-      axes[1, j].set_title(f"detail {_psnr(zoom(img), zoom(ref_disp), data_range):.2f} dB", fontsize=8)
-    else:
-      axes[0, j].set_title(name + ("\n(reference)" if is_ref[name] else ""), fontsize=9)
-      axes[1, j].set_title(f"detail ({size}×{size} px)", fontsize=8)
+    _draw_slice(axes[:2, j], name, img, zoom, is_ref[name],
+                None if name not in psnr else (psnr[name], _psnr(zoom(img), zoom(ref_disp), data_range)))
     if errors:
-      if name in errors:
-        im_err = axes[2, j].imshow(errors[name], cmap="inferno", vmin=0, vmax=vmax_err)
-        axes[2, j].add_patch(rect())
-        axes[2, j].set_title(f"|{name} − ref|", fontsize=8)
-        axes[3, j].imshow(zoom(errors[name]), cmap="inferno", vmin=0, vmax=vmax_err,
-                          interpolation="nearest")
-        axes[3, j].set_title("detail", fontsize=8)
-      else:
-        axes[2, j].axis("off")
-        axes[3, j].axis("off")
+      im = _draw_error(axes[2:, j], name, errors.get(name), zoom, vmax_err)
+      im_err = im if im is not None else im_err   # the colour bar's: any map (one scale)
   for ax in axes.ravel():
     ax.set_xticks([])
     ax.set_yticks([])
@@ -273,11 +241,81 @@ def comparison_figure(images: Mapping[str, Any], *, reference: Any = None, orien
     fig.colorbar(im_err, ax=axes[2:, :].ravel().tolist(), shrink=0.8, extend="max",
                  label="absolute error")
   caption = orientation_caption(orientation, convention)
-  caption += f"; detail: the {size}×{size} px box of most HR edge energy"
+  caption += f"; detail: the {zoom.size}×{zoom.size} px box of most HR edge energy"
   fig.supxlabel(caption, fontsize=8)
   if title:
     fig.suptitle(title)
   return fig
+
+
+def _framed(images: Mapping[str, Any], reference: Any) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+  """`comparison_figure`'s images (float32, each at the frame's size) and reference, checked."""
+  shown = {k: np.asarray(v, np.float32) for k, v in images.items()}
+  if not shown:
+    raise ValueError("comparison_figure: no images")
+  ref = None if reference is None else np.asarray(reference, np.float32)
+  if any(v.ndim != 2 for v in shown.values()) or (ref is not None and ref.ndim != 2):
+    raise ValueError(f"comparison_figure: expected 2D images, got shapes "
+                     f"{[v.shape for v in shown.values()]}")
+  frame = ref.shape if ref is not None else max((v.shape for v in shown.values()), key=np.prod)
+  return {k: _to_frame(k, v, frame) for k, v in shown.items()}, ref
+
+
+class _Detail:
+  """The zoomed box of a displayed slice: `size` px square at (row, col), placed by `detail_box` on
+  `image` with a side of `fraction` of its shorter side (at least 8 px). Calling it crops an image."""
+
+  def __init__(self, image: np.ndarray, fraction: float):
+    h, w = image.shape
+    size = max(8, int(round(fraction * min(h, w))))
+    self.row, self.col = detail_box(image, size)
+    self.size = min(size, h, w)
+
+  def __call__(self, x: np.ndarray) -> np.ndarray:
+    return x[self.row:self.row + self.size, self.col:self.col + self.size]
+
+  def outline(self) -> matplotlib.patches.Rectangle:
+    """The box drawn on the whole image."""
+    return matplotlib.patches.Rectangle((self.col - 0.5, self.row - 0.5), self.size, self.size,
+                                        fill=False, edgecolor="#00e5ff", linewidth=1.0)
+
+
+def _error_scale(errors: Mapping[str, np.ndarray]) -> float:
+  """The top of the error maps' one colour scale: the 99.5th percentile of all their pixels, not the
+  maximum (one outlier pixel would leave every map near black)."""
+  if not errors:
+    return 1.0
+  return float(np.percentile(np.concatenate([e.ravel() for e in errors.values()]), 99.5)) or 1.0
+
+
+def _draw_slice(axes, name: str, img: np.ndarray, zoom: _Detail, is_ref: bool,
+                psnr: tuple[float, float] | None) -> None:
+  """A column's slice (with the detail's outline) and its detail; titled with their PSNRs (whole,
+  detail) where it is scored, else with its name."""
+  axes[0].imshow(np.clip(img, 0, 1), cmap="gray", vmin=0, vmax=1)
+  axes[0].add_patch(zoom.outline())
+  axes[1].imshow(np.clip(zoom(img), 0, 1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+  if psnr is not None:
+    axes[0].set_title(f"{name}\n{psnr[0]:.2f} dB", fontsize=9)
+    axes[1].set_title(f"detail {psnr[1]:.2f} dB", fontsize=8)
+  else:
+    axes[0].set_title(name + ("\n(reference)" if is_ref else ""), fontsize=9)
+    axes[1].set_title(f"detail ({zoom.size}×{zoom.size} px)", fontsize=8)
+
+
+def _draw_error(axes, name: str, error: np.ndarray | None, zoom: _Detail, vmax: float):
+  """A column's |image − reference| and its detail (blank for the reference); returns the map's image
+  (for the colour bar), None if blank."""
+  if error is None:
+    axes[0].axis("off")
+    axes[1].axis("off")
+    return None
+  im = axes[0].imshow(error, cmap="inferno", vmin=0, vmax=vmax)
+  axes[0].add_patch(zoom.outline())
+  axes[0].set_title(f"|{name} − ref|", fontsize=8)
+  axes[1].imshow(zoom(error), cmap="inferno", vmin=0, vmax=vmax, interpolation="nearest")
+  axes[1].set_title("detail", fontsize=8)
+  return im
 
 
 def _orientation_markers(ax, shown: str) -> None:
