@@ -135,10 +135,7 @@ def create_dataset(
   info = dataset_info(dataset_dir)
   _split_size(info, split)
   if crop_size is None:
-    shapes = info["slice_shapes"]
-    if len(shapes) != 1 or shapes[0][0] != shapes[0][1]:
-      raise errors.UserError(f"{info['path']}: crop_size=None needs one square slice shape, have {shapes}")
-    crop_size = int(shapes[0][0])
+    crop_size = _stored_slice_size(info)
 
   n = host_num_examples(dataset_dir, split, process_index, process_count)
   eval_pad = 0 if train else eval_num_batches(dataset_dir, split, global_batch_size, process_count) * b - n
@@ -146,20 +143,34 @@ def create_dataset(
   import tensorflow_datasets as tfds  # no TensorFlow: TFDS imports it only for tf.data
 
   subsplit = tfds.even_splits(split, process_count)[process_index]
-  common = dict(info=info, local_batch=b, crop_size=crop_size, seed=seed, train=train,
-                start_step=start_step, num_epochs=num_epochs, eval_pad=eval_pad, cache=cache,
-                prefetch=prefetch)
+  return _reader(dataset_dir, subsplit, info=info, local_batch=b, crop_size=crop_size, seed=seed,
+                 train=train, start_step=start_step, num_epochs=num_epochs, eval_pad=eval_pad,
+                 cache=cache, prefetch=prefetch, shuffle_buffer_size=shuffle_buffer_size,
+                 num_threads=num_threads)
+
+
+def _stored_slice_size(info: dict[str, Any]) -> int:
+  """The side of the dataset's slices (`crop_size=None`): they must all be one square shape."""
+  shapes = info["slice_shapes"]
+  if len(shapes) != 1 or shapes[0][0] != shapes[0][1]:
+    raise errors.UserError(f"{info['path']}: crop_size=None needs one square slice shape, have {shapes}")
+  return int(shapes[0][0])
+
+
+def _reader(dataset_dir: str, subsplit: str, *, info: dict[str, Any], shuffle_buffer_size: int,
+            num_threads: int | None, **common):
+  """The reader of the dataset's record format, on the resolved arguments of `create_dataset`."""
   if info["file_format"] == "array_record":
     from mrsr_jax.data import grain_reader
 
-    return grain_reader.create(dataset_dir, subsplit, num_threads=num_threads, **common)
+    return grain_reader.create(dataset_dir, subsplit, info=info, num_threads=num_threads, **common)
   try:
     from mrsr_jax.data import tf_reader
   except ModuleNotFoundError as e:
     if e.name != "tensorflow":
       raise
     raise records.tensorflow_missing(info) from None
-  return tf_reader.create(dataset_dir, subsplit, shuffle_buffer_size=shuffle_buffer_size, **common)
+  return tf_reader.create(dataset_dir, subsplit, info=info, shuffle_buffer_size=shuffle_buffer_size, **common)
 
 
 def _to_numpy(batch: dict[str, Any]) -> dict[str, np.ndarray]:

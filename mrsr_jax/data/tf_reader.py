@@ -47,14 +47,32 @@ def create(dataset_dir: str, subsplit: str, *, info: dict[str, Any], local_batch
            seed: int, train: bool, start_step: int, num_epochs: int | None, eval_pad: int,
            cache: bool, prefetch: int, shuffle_buffer_size: int) -> tf.data.Dataset:
   """The tf.data pipeline of `mrsr_jax.data.pipeline.create_dataset` (its arguments, resolved there)."""
+  table = _label_table(info["labels"])
+  ds = _records(dataset_dir, subsplit, seed, train)
+  if train:
+    ds = _train_batches(ds, table, local_batch, crop_size, seed, start_step, num_epochs, cache,
+                        shuffle_buffer_size)
+  else:
+    ds = _eval_batches(ds, table, local_batch, crop_size, start_step, eval_pad)
+  options = tf.data.Options()
+  options.deterministic = True
+  options.experimental_optimization.map_parallelization = True
+  ds = ds.with_options(options)
+  return ds.prefetch(prefetch)
+
+
+def _label_table(labels: list[str]) -> tf.lookup.StaticHashTable:
+  """"dataset/contrast" -> its index in `labels` (-1 if absent)."""
+  keys = tf.constant(labels)
+  return tf.lookup.StaticHashTable(
+      tf.lookup.KeyValueTensorInitializer(keys, tf.range(len(labels), dtype=tf.int32)), default_value=-1)
+
+
+def _records(dataset_dir: str, subsplit: str, seed: int, train: bool) -> tf.data.Dataset:
+  """The stored records of the reader's sub-split; training reads the files in a seeded order."""
   import tensorflow_datasets as tfds
 
   from mrsr_jax.data import records
-
-  b = local_batch
-  labels = tf.constant(info["labels"])
-  table = tf.lookup.StaticHashTable(
-      tf.lookup.KeyValueTensorInitializer(labels, tf.range(len(info["labels"]), dtype=tf.int32)), default_value=-1)
 
   builder = records.builder(dataset_dir)
   read_config = tfds.ReadConfig(
@@ -63,53 +81,61 @@ def create(dataset_dir: str, subsplit: str, *, info: dict[str, Any], local_batch
       interleave_cycle_length=16, interleave_block_length=1,
       # No TFDS-side caching or prefetch: our own shuffle, repeat and prefetch follow.
       try_autocache=False, skip_prefetch=True, add_tfds_id=False)
-  ds = builder.as_dataset(split=subsplit, shuffle_files=train, read_config=read_config)
-  if cache and train:
+  return builder.as_dataset(split=subsplit, shuffle_files=train, read_config=read_config)
+
+
+def _row(ex: dict[str, tf.Tensor], image: tf.Tensor, table: tf.lookup.StaticHashTable) -> dict[str, tf.Tensor]:
+  """A stored record with its cropped `image` -> one row of a batch (see `mrsr_jax.data.pipeline`)."""
+  return {
+      "hr": image[..., None],
+      "label": table.lookup(ex["dataset"] + "/" + ex["contrast"]),
+      "subject": ex["subject"],
+      "slice_index": tf.cast(ex["slice_index"], tf.int32),
+      "intensity_scale": ex["intensity_scale"],
+      "spacing": ex["spacing"],
+      "orientation": ex["orientation"],
+      "mask": tf.constant(True),
+  }
+
+
+def _pad_row(crop_size: int) -> dict[str, tf.Tensor]:
+  """The row that pads the last evaluation batch (`mask` False)."""
+  return {
+      "hr": tf.zeros([crop_size, crop_size, 1], tf.float32),
+      "label": tf.constant(0, tf.int32),
+      "subject": tf.constant(""),
+      "slice_index": tf.constant(-1, tf.int32),
+      "intensity_scale": tf.constant(1.0, tf.float32),  # 1, not 0: safe to divide by
+      "spacing": tf.zeros([3], tf.float32),
+      "orientation": tf.constant(""),
+      "mask": tf.constant(False),
+  }
+
+
+def _train_batches(ds: tf.data.Dataset, table, b: int, crop_size: int, seed: int, start_step: int,
+                   num_epochs: int | None, cache: bool, shuffle_buffer_size: int) -> tf.data.Dataset:
+  """Shuffled, repeated, from slice `start_step * b` on, each randomly cropped from (seed, its index)."""
+  if cache:
     ds = ds.cache()
-  if train:
-    ds = ds.shuffle(shuffle_buffer_size, seed=seed + 1, reshuffle_each_iteration=True)
-    ds = ds.repeat(num_epochs)
-    # Index before skipping so a resumed run crops its slices exactly as an uninterrupted one.
-    ds = ds.enumerate().skip(start_step * b)
+  ds = ds.shuffle(shuffle_buffer_size, seed=seed + 1, reshuffle_each_iteration=True)
+  ds = ds.repeat(num_epochs)
+  # Index before skipping so a resumed run crops its slices exactly as an uninterrupted one.
+  ds = ds.enumerate().skip(start_step * b)
 
   def parse(index, ex):
-    if train:
-      image = _crop(ex["image"], crop_size, seed=tf.stack([tf.cast(seed, tf.int64), index]))
-    else:
-      image = _crop(ex["image"], crop_size)
-    return {
-        "hr": image[..., None],
-        "label": table.lookup(ex["dataset"] + "/" + ex["contrast"]),
-        "subject": ex["subject"],
-        "slice_index": tf.cast(ex["slice_index"], tf.int32),
-        "intensity_scale": ex["intensity_scale"],
-        "spacing": ex["spacing"],
-        "orientation": ex["orientation"],
-        "mask": tf.constant(True),
-    }
+    return _row(ex, _crop(ex["image"], crop_size, seed=tf.stack([tf.cast(seed, tf.int64), index])), table)
 
-  if train:
-    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(b, drop_remainder=True)
-  else:
-    ds = ds.map(lambda s: parse(None, s), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    pad = {
-        "hr": tf.zeros([crop_size, crop_size, 1], tf.float32),
-        "label": tf.constant(0, tf.int32),
-        "subject": tf.constant(""),
-        "slice_index": tf.constant(-1, tf.int32),
-        "intensity_scale": tf.constant(1.0, tf.float32),  # 1, not 0: safe to divide by
-        "spacing": tf.zeros([3], tf.float32),
-        "orientation": tf.constant(""),
-        "mask": tf.constant(False),
-    }
-    ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(eval_pad))
-    ds = ds.batch(b, drop_remainder=True)
-    if start_step:
-      ds = ds.skip(start_step)
+  ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return ds.batch(b, drop_remainder=True)
 
-  options = tf.data.Options()
-  options.deterministic = True
-  options.experimental_optimization.map_parallelization = True
-  ds = ds.with_options(options)
-  return ds.prefetch(prefetch)
+
+def _eval_batches(ds: tf.data.Dataset, table, b: int, crop_size: int, start_step: int, eval_pad: int
+                  ) -> tf.data.Dataset:
+  """One pass, centre-cropped, `eval_pad` padding rows, from batch `start_step` on."""
+  ds = ds.map(lambda ex: _row(ex, _crop(ex["image"], crop_size), table),
+              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.concatenate(tf.data.Dataset.from_tensors(_pad_row(crop_size)).repeat(eval_pad))
+  ds = ds.batch(b, drop_remainder=True)
+  if start_step:
+    ds = ds.skip(start_step)
+  return ds
