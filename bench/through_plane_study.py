@@ -21,8 +21,9 @@ data range the original's maximum, PSNR over the volume, SSIM the mean over its 
 planes that contain the slice direction). Each (subject, row) result is kept in
 <workdir>/results.json as it finishes, so an interrupted study resumes where it stopped.
 
-Writes <out>.json (every number and the run's conditions), <out>_table.md and <out>_fig.png (a sagittal
-reformat, radiological display: input, spline, ours, truth and the error maps).
+Writes <out>.json (every number and the run's conditions), <out>_table.md and, beside the project's
+other figures, <dir of out>/images/<name of out>_fig.png (a sagittal reformat, radiological display:
+input, spline, ours, truth and the error maps).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import argparse
 import glob
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -201,6 +203,8 @@ def main(argv=None) -> int:
   os.makedirs(args.workdir, exist_ok=True)
   store = os.path.join(args.workdir, "results.json")
   results = json.load(open(store)) if os.path.exists(store) else {}
+  fig_path = os.path.join(os.path.dirname(os.path.abspath(args.out)), "images",
+                          os.path.basename(args.out) + "_fig.png")
   mesh = sharding.make_mesh()
   loads = [os.getloadavg()]
   with compile_cache.enabled(args.workdir):
@@ -208,7 +212,7 @@ def main(argv=None) -> int:
       for i, (path, subj) in enumerate(zip(paths, subjects)):
         key = f"{subj}/{row}"
         want_fig = i == args.figure_subject and row == "r4"
-        if key in results and not (want_fig and not os.path.exists(args.out + "_fig.png")):
+        if key in results and not (want_fig and not os.path.exists(fig_path)):
           continue
         r, vols = run_one(path, row, tp, os.path.join(args.workdir, subj, row), mesh)
         r["loadavg"] = os.getloadavg()
@@ -221,8 +225,8 @@ def main(argv=None) -> int:
           json.dump(results, f, indent=1)
         os.replace(store + ".tmp", store)
         if want_fig:
-          os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-          figure(vols, nib.load(path).affine, args.out + "_fig.png",
+          os.makedirs(os.path.dirname(fig_path), exist_ok=True)
+          figure(vols, nib.load(path).affine, fig_path,
                  f"{subj}, 8 mm axial slices (ratio 4): sagittal reformat")
   model = tp_model.build(tp.arch, 4, dict(tp.model))
   n_params = sum(x.size for x in jax.tree.leaves(tp_train._model_init(model)(jax.random.key(0))))
@@ -231,6 +235,7 @@ def main(argv=None) -> int:
   summary = {
       "command": "python bench/through_plane_study.py " + " ".join(sys.argv[1:] if argv is None else argv),
       "commit": commit, "wall_s_this_invocation": time.time() - t_start, "loadavg_samples": loads,
+      "cpu_s_this_invocation": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
       "devices": jax.device_count(), "platform": jax.devices()[0].platform,
       "steps": int(tp.num_steps), "batch_size": int(tp.batch_size), "crop_size": int(tp.crop_size),
       "arch": tp.arch, "model": dict(tp.model), "params_at_x4": int(n_params),

@@ -141,7 +141,7 @@ def acquisition(path: str, affine: np.ndarray, header, *, slice_axis: int | None
   else:
     t, source = sidecar_thickness(path), "the BIDS sidecar"
     if t is None:
-      t, source = s, "assumed equal to the spacing (no thickness in the header; --slice_thickness sets it)"
+      t, source = s, "assumed equal to the spacing: no thickness in the header, --slice_thickness sets it"
   return Acquisition(axis=slice_axis, spacing=s, thickness=t, in_plane=p, profile=profile_name,
                      thickness_source=source)
 
@@ -210,8 +210,9 @@ def output_image(volume: np.ndarray, header, acq: Acquisition) -> nib.Nifti1Imag
   img.header.set_slope_inter(1.0, 0.0)
   m = slice_axis_matrix(acq.axis, acq)
   for get, put in ((header.get_qform, img.set_qform), (header.get_sform, img.set_sform)):
-    aff, code = get(coded=True)
-    put(None if aff is None else aff @ m, code=int(code))
+    # The uncoded transform too (code 0, "unknown"): its fields are then this grid's, not the input's.
+    _, code = get(coded=True)
+    put(get() @ m, code=int(code))
   if header.get_qform(coded=True)[0] is None and header.get_sform(coded=True)[0] is None:
     img.header.set_zooms(zooms)      # no transform: the zooms alone define the grid, as in the input
   return img
