@@ -178,6 +178,19 @@ def test_output_affine_places_every_voxel(axis, zooms, factor):
                                nib.affines.apply_affine(affine, src_idx), atol=1e-4)
 
 
+def test_uncoded_transforms_are_mapped_too():
+  """A transform with code 0 ("unknown") is still written for the output's grid, not left as the
+  input's (a tool that reads it anyway must not see a grid voxels off)."""
+  affine = _oblique((1.0, 1.0, 4.0))
+  img = nib.Nifti1Image(np.ones((8, 8, 5), np.float32), affine)    # nibabel: sform code 2, qform 0
+  assert img.header["qform_code"] == 0
+  acq = tp_apply.acquisition("x.nii", img.affine, img.header)
+  out = tp_apply.output_image(np.zeros((8, 8, 20), np.float32), img.header, acq)
+  assert out.header["qform_code"] == 0
+  np.testing.assert_allclose(out.header.get_qform(), out.header.get_sform(), atol=1e-4)
+  np.testing.assert_allclose(out.header.get_sform(), affine @ tp_apply.slice_axis_matrix(2, acq), atol=1e-6)
+
+
 @pytest.mark.parametrize("axis,ratio", [(0, 3.0), (2, 3.0), (1, 2.5)])
 def test_linear_anatomy_comes_out_at_its_world_position(axis, ratio):
   """A volume that is a linear function of world position, acquired thick along `axis` on an oblique
