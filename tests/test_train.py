@@ -50,7 +50,8 @@ def test_every_stage_trains_and_checkpoints(trained, shared_compile_cache):
     assert_trees_equal(params, states[name].params)          # the checkpoint is the final state
     # Trained: every network of the stage moved away from its initialisation.
     stage = SRStage(config, workdir) if name == "sr" else pipeline.STAGES[name](config, workdir)
-    init = jax.device_get(loop.init_state(stage, mesh)[0](jax.random.key(config.seed)).params)
+    with shared_compile_cache():         # the loop's own compiled initialisation
+      init = jax.device_get(loop.init_state(stage, mesh)[0](jax.random.key(config.seed)).params)
     assert set(init) == set(params), name
     for net in params:
       assert jax.tree.structure(init[net]) == jax.tree.structure(params[net]), (name, net)
@@ -173,7 +174,8 @@ def test_nan_guard_never_saves_nonfinite_state(trained, tmp_path, monkeypatch, s
   bad.log_every_steps = every
   bad.image_every_steps = 0
   run = tmp_path / "nan"
-  with pytest.raises(loop.NonFiniteLossError, match=caught), shared_compile_cache():  # one compile, two cases
+  # One compile for both cases (the session's cache).
+  with pytest.raises(loop.NonFiniteLossError, match=caught), shared_compile_cache():
     pipeline.train(bad, str(run))
   ckpt_dir = str(run / "sr" / "checkpoints")
   assert checkpoints.latest_step(ckpt_dir) == 2
@@ -195,10 +197,10 @@ def test_same_update_on_one_and_eight_devices(trained, shared_compile_cache):
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = sharding.make_mesh(devices)
-    init, _ = loop.init_state(stage, mesh)
-    state = init(jax.random.key(config.seed))
-    step = loop.step_lib.compile_step(stage.update, mesh)
-    with shared_compile_cache():      # the eight-device step: the trained run's
+    with shared_compile_cache():      # on eight devices, the trained run's initialisation and step
+      init, _ = loop.init_state(stage, mesh)
+      state = init(jax.random.key(config.seed))
+      step = loop.step_lib.compile_step(stage.update, mesh)
       new, metrics = step(state, sharding.to_global(batch_np, mesh), rng, stage.frozen(mesh))
     results.append((jax.device_get(new.opt_state), jax.device_get(new.batch_stats),
                     jax.device_get(metrics)))
