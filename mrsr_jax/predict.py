@@ -218,8 +218,9 @@ def upsampled_affine(affine: np.ndarray, in_plane: tuple[int, int], scale: int) 
 def output_image(volume: np.ndarray, header, in_plane: tuple[int, int], scale: int) -> nib.Nifti1Image:
   """float32 NIfTI of the upsampled `volume` with the input `header`'s metadata and geometry.
 
-  Each coded transform (qform, sform) is upsampled on its own, so a file whose two differ keeps both;
-  with both codes 0 the zooms alone define the grid, as in the input.
+  Each transform (qform, sform) is upsampled on its own with its code kept, so a file whose two differ
+  keeps both and an uncoded one describes the output's grid, not the input's; with both codes 0 the
+  zooms alone define the grid, as in the input.
   """
   hdr = header.copy()
   if hdr.endianness != nib.volumeutils.native_code:   # a big-endian input gets a native output
@@ -235,8 +236,16 @@ def output_image(volume: np.ndarray, header, in_plane: tuple[int, int], scale: i
   img = klass(volume.astype(np.float32, copy=False), None, hdr)
   img.header.set_slope_inter(1.0, 0.0)   # values are stored as they are
   for get, put in ((header.get_qform, img.set_qform), (header.get_sform, img.set_sform)):
-    aff, code = get(coded=True)
-    put(None if aff is None else upsampled_affine(aff, in_plane, scale), code=int(code))
+    _, code = get(coded=True)
+    # An uncoded transform (code 0, "unknown") is upsampled too when it is a real one: left as the
+    # input's, its fields would describe the input's grid inside the output's header.
+    aff = get()
+    if code or abs(np.linalg.det(aff[:3, :3])) > 0:
+      put(upsampled_affine(aff, in_plane, scale), code=int(code))
+    else:
+      put(None, code=0)
+  if not header.get_qform(coded=True)[1] and not header.get_sform(coded=True)[1]:
+    img.header.set_zooms(zooms)   # no coded transform: the zooms alone define the grid, as in the input
   return img
 
 

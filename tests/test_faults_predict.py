@@ -447,6 +447,28 @@ def test_distinct_qform_and_sform_each_upsampled(stub, tmp_path):
   assert_same_extent(sform, data.shape, so, b.shape)
 
 
+def test_an_uncoded_qform_describes_the_output_grid(stub, tmp_path):
+  """A file whose qform is stored with code 0 (the sform is the coded one): the output's qform fields
+  are the upsampled grid's, not the input's left in place (a reader that ignores the codes would put
+  the output half a fine voxel off)."""
+  config, workdir = stub
+  data = anatomical()[:16, :20, :12]
+  affine = np.eye(4)
+  affine[:3, :3] = rotation(0.1, -0.2, 0.3) * 1.5
+  affine[:3, 3] = (4, -6, 9)
+  img = nib.Nifti1Image(data, None)
+  img.set_qform(affine, code=0)
+  img.set_sform(affine, code=1)
+  src = str(tmp_path / "uncoded_qform.nii")
+  nib.save(img, src)
+  out = str(tmp_path / "out.nii")
+  predict.predict_file(config, workdir, src, out, slice_axis=2)
+  a, b = nib.load(src), nib.load(out)
+  assert b.header.get_qform(coded=True)[1] == 0 and b.header.get_sform(coded=True)[1] == 1
+  assert_same_extent(a.header.get_qform(), a.shape, b.header.get_qform(), b.shape)
+  np.testing.assert_allclose(b.header.get_qform(), b.header.get_sform(), atol=1e-4)
+
+
 # -- fastMRI .h5 --------------------------------------------------------------------------------------
 ISMRMRD_NS = "http://www.ismrm.org/ISMRMRD"
 
