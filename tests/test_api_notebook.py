@@ -200,7 +200,11 @@ def test_notebook_is_stored_with_its_outputs_and_opens_in_colab():
   # It opens in Colab: the first code cell sets it up there, and only there.
   first = next(c for c in nb.cells if c.cell_type == "code")
   assert 'if "google.colab" in sys.modules:' in first.source and "colab_setup.py" in first.source
-  assert "colab.research.google.com" in nb.cells[0].source
+  # No badge to a URL the project does not publish: the intro says how to open it on Colab, and the
+  # first cell refuses to run there without the copy's URL rather than cloning a placeholder.
+  assert "colab.research.google.com" not in nb.cells[0].source
+  assert "File > Upload notebook" in nb.cells[0].source and "MRSR_REPO_URL" in nb.cells[0].source
+  assert 'REPO_URL = os.environ.get("MRSR_REPO_URL", "")' in first.source and "SystemExit" in first.source
 
 
 @pytest.mark.slow
