@@ -8,8 +8,8 @@ slices are; this class does the rest the TFDS way:
   out before the split is dealt (`strict=True`: any bad file stops the build before anything is
   written), and a split without volumes stops it (`allow_empty_splits=True`: the split is left out).
 * `_generate_examples` converts one volume at a time (memory-bounded) into its slices, keyed
-  `<file key>#<slice index>` (TFDS shuffles examples by key hash when it writes, so the stored order
-  mixes subjects, deterministically). A volume that fails when converted is reported and skipped
+  `<subject>/<contrast>/<file name>#<slice index>` (TFDS shuffles examples by key hash when it writes,
+  so the stored order mixes subjects, deterministically, and the same wherever the files are). A volume that fails when converted is reported and skipped
   (`strict`: fatal); a split that ends up without slices stops the build. Either way TFDS deletes its
   `incomplete.*` folder, so nothing is marked complete.
 * Under Apache Beam (`--beam_pipeline_options`, or `DownloadConfig(beam_options=...)`), the same
@@ -27,6 +27,7 @@ import collections
 import hashlib
 import json
 import logging
+import os
 from typing import Any, Iterator, Sequence
 
 import tensorflow_datasets as tfds
@@ -70,12 +71,22 @@ class Plan:
     return [s for s, v in self.by_split().items() if not v]
 
 
+def example_key(src: VolumeSource) -> str:
+  """The volume's part of its examples' keys: subject, contrast and file name, not the directory.
+
+  TFDS orders the stored examples by a hash of their keys, and that order is the training order: a key
+  holding the absolute path made the same command give a different dataset (and different trained
+  numbers) in every checkout or download folder. TFDS refuses duplicate keys, so two volumes that
+  would share one stop the build loudly."""
+  return f"{src.subject}/{src.contrast}/{os.path.basename(src.key)}"
+
+
 def volume_examples(src: VolumeSource) -> list[tuple[str, dict[str, Any]]]:
   """(key, record) of every slice of one volume; raises BadInputError for a bad volume."""
   vol, orientation = src.load()
   if len(vol.slice_indices) != vol.slices.shape[0]:
     raise ValueError(f"{src.key}: {vol.slices.shape[0]} slices but {len(vol.slice_indices)} indices")
-  return [(f"{src.key}#{int(index)}", records.example(
+  return [(f"{example_key(src)}#{int(index)}", records.example(
       image=image, dataset=vol.dataset, contrast=vol.contrast, subject=vol.subject,
       slice_index=int(index), spacing=vol.spacing, intensity_scale=vol.intensity_scale,
       source=vol.source, orientation=orientation))

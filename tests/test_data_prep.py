@@ -138,6 +138,27 @@ def test_ixi_split_sizes_disjoint_deterministic():
   assert ixi.split_quota(100) == {"val": 1, "test": 12, "train": 100}  # train: the rest
 
 
+def test_stored_order_is_the_same_wherever_the_files_are(tmp_path, mni2mm, small_ixi):
+  """TFDS orders the stored examples (the training order) by a hash of their keys; keys that held the
+  absolute path gave each checkout or download folder its own order, and so its own trained numbers."""
+  import shutil
+  (tmp_path / "a").mkdir()
+  first = _ixi_download(tmp_path / "a", mni2mm)
+  second = tmp_path / "elsewhere" / "the download moved"
+  shutil.copytree(first, second)
+  orders = []
+  for manual, out in ((first, tmp_path / "out_a"), (second, tmp_path / "out_b")):
+    assert _run(["--dataset=ixi", f"--manual_dir={manual}", f"--data_dir={out}"]) == 0
+    d = str(out / "ixi")
+    orders.append({s: [(r["subject"], r["contrast"], r["slice_index"]) for r in _records(d, s)]
+                   for s in records.SPLITS})
+  assert all(orders[0][s] for s in records.SPLITS)
+  assert orders[0] == orders[1]
+  # Not the sorted order either: the hash still mixes subjects (what the builder relies on).
+  train = orders[0]["train"]
+  assert train != sorted(train)
+
+
 def test_ixi_names():
   assert ixi.parse_name("IXI012-HH-1211-T1.nii.gz") == ("IXI012", "T1")
   assert ixi.parse_name("IXI002-Guys-0828-DTI-00.nii.gz") == ("IXI002", "DTI-00")
