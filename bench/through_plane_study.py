@@ -1,6 +1,8 @@
 """Through-plane super-resolution measured on real anatomy (issue 25, item 3).
 
   nice -n 10 python bench/through_plane_study.py --out=docs/through_plane --workdir=runs/through_plane_study
+  nice -n 10 python bench/through_plane_study.py --arch=vdsr --rows=r4 --out=docs/through_plane_vdsr \
+      --workdir=runs/through_plane_vdsr        # the comparison network (VDSR over the spline)
 
 From each of the six bundled real IXI T1 volumes (data_prep/sample_data/ixi_t1_2mm/, 2 mm isotropic,
 P-S-R voxel order) it simulates a thick-slice axial acquisition along S (voxel axis 1) with the
@@ -181,6 +183,8 @@ def main(argv=None) -> int:
   p.add_argument("--out", default="docs/through_plane")
   p.add_argument("--workdir", default="runs/through_plane_study")
   p.add_argument("--steps", type=int, default=None, help="training steps per run (config default)")
+  p.add_argument("--arch", default="srgan", choices=sorted(tp_config.MODELS),
+                 help="the one-axis generator (configs/through_plane.py:<arch>)")
   p.add_argument("--rows", default=",".join(ROWS))
   p.add_argument("--subjects", type=int, default=6)
   p.add_argument("--figure_subject", type=int, default=0)
@@ -193,7 +197,7 @@ def main(argv=None) -> int:
         print(*export(path, row, args.export_dir))
     return 0
   t_start = time.time()
-  config = tp_config.get_config()
+  config = tp_config.get_config(args.arch)
   tp = config.through_plane
   if args.steps:
     tp.num_steps = args.steps
