@@ -2,12 +2,28 @@
 
 import os
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+_flags = os.environ.get("XLA_FLAGS", "")
+_flags += " --xla_force_host_platform_device_count=8"
+# LLVM's optimisation of the CPU code XLA generates is most of a small test's compile time (measured:
+# -35 % CPU on the model / loss tests, -20 % on test_learns, whose 300 steps run no slower). The tests
+# check what the program computes, not how fast XLA's CPU code is; everything that runs the program as
+# users do (`.ci/py312_smoke.sh`, the README's main job, bench/) keeps XLA's default. Same-flag
+# comparisons (resume, 1 vs 8 devices, two processes: children inherit XLA_FLAGS) stay bit for bit.
+# A level given in XLA_FLAGS wins: `XLA_FLAGS=--xla_backend_optimization_level=2 pytest`.
+if "xla_backend_optimization_level" not in _flags:
+  _flags += " --xla_backend_optimization_level=0"
+os.environ["XLA_FLAGS"] = _flags.strip()
+# Cache every compiled step in the session's compilation cache (`shared_compile_cache`), not only
+# those that took over JAX's default second: at the level above most take less.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
+import contextlib  # noqa: E402
 import pathlib  # noqa: E402
+import re  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 
 import pytest  # noqa: E402
@@ -17,12 +33,29 @@ if str(ROOT) not in sys.path:
   sys.path.insert(0, str(ROOT))   # `configs` is a top-level folder, imported as run.py does
 
 
+@contextlib.contextmanager
+def session_folder(tmp_path_factory, name):
+  """A folder for one of the session's shared artefacts, and the right to build or read it: with
+  pytest-xdist (`pytest -n 2`) every worker is a session of its own, so the artefacts go to the folder
+  all workers share, and the first worker to get the lock builds them while the others wait, then
+  read what it built (each builder resumes what it finds: data_prep keeps a finished dataset,
+  training restores a finished stage). Without xdist, a fresh folder of this session."""
+  if os.environ.get("PYTEST_XDIST_WORKER") is None:
+    yield tmp_path_factory.mktemp(name)
+    return
+  from filelock import FileLock
+  path = tmp_path_factory.getbasetemp().parent / name
+  with FileLock(str(path) + ".lock"):
+    path.mkdir(exist_ok=True)
+    yield path
+
+
 @pytest.fixture(scope="session")
 def sample_data_dir(tmp_path_factory) -> str:
   """The bundled real sample dataset, built once per test session by data_prep (packages' volumes)."""
   from data_prep import __main__ as data_prep_main
-  data_dir = tmp_path_factory.mktemp("data")
-  rc = data_prep_main.main(["--dataset=sample", f"--data_dir={data_dir}", "--no_progress"])
+  with session_folder(tmp_path_factory, "data") as data_dir:
+    rc = data_prep_main.main(["--dataset=sample", f"--data_dir={data_dir}", "--no_progress"])
   assert rc == 0
   return str(data_dir)
 
@@ -63,8 +96,13 @@ def tiny_config(data_dir, **sr):
 
 @pytest.fixture(scope="session")
 def compile_cache_dir(tmp_path_factory) -> str:
-  """One folder for JAX's persistent compilation cache, shared by the session's trainings."""
-  return str(tmp_path_factory.mktemp("compile_cache"))
+  """One folder for JAX's persistent compilation cache, shared by the session's trainings (and by
+  pytest-xdist's workers: the one that did not train the run loads its steps)."""
+  if os.environ.get("PYTEST_XDIST_WORKER") is None:
+    return str(tmp_path_factory.mktemp("compile_cache"))
+  path = tmp_path_factory.getbasetemp().parent / "compile_cache"
+  path.mkdir(exist_ok=True)
+  return str(path)
 
 
 @pytest.fixture
@@ -85,8 +123,50 @@ def trained(sample_data_dir, tmp_path_factory, compile_cache_dir):
   compiled steps go to the session's compilation cache (`shared_compile_cache`)."""
   from mrsr_jax import compile_cache
   from mrsr_jax.train import pipeline
-  workdir = str(tmp_path_factory.mktemp("run"))
   config = tiny_config(sample_data_dir)
-  with compile_cache.enabled(compile_cache_dir):
-    states = pipeline.train(config, workdir)
-  return config, workdir, states
+  # Under xdist the second worker's call restores the finished stages the first one trained.
+  with session_folder(tmp_path_factory, "run") as workdir, compile_cache.enabled(compile_cache_dir):
+    states = pipeline.train(config, str(workdir))
+  return config, str(workdir), states
+
+
+# -- two real jax.distributed processes ----------------------------------------------------------------
+TIMEOUT_S = 420
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def run_two_processes(args, tmp_path, name):
+  """run.py with `args` as processes 0 and 1 of a two-process jax.distributed job (4 CPU devices
+  each, gloo collectives); returns their logs, failing the test if either fails or hangs."""
+  port = free_port()
+  # This process's XLA flags (conftest's compiler level: the reference was compiled with them) with
+  # 4 devices instead of 8.
+  flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+             XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count=4".strip(),
+             CUDA_VISIBLE_DEVICES="")
+  procs = []
+  for pid in range(2):
+    cmd = [sys.executable, os.path.join(ROOT, "run.py"), *args,
+           f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={pid}"]
+    log = open(tmp_path / f"{name}{pid}.log", "w")
+    procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), log))
+  try:
+    for p, _ in procs:
+      p.wait(timeout=TIMEOUT_S)
+  except subprocess.TimeoutExpired:
+    for p, _ in procs:
+      p.kill()
+    pytest.fail(f"multi-process run hung (> {TIMEOUT_S} s); logs in {tmp_path}")
+  finally:
+    for _, log in procs:
+      log.close()
+  logs = [(tmp_path / f"{name}{pid}.log").read_text() for pid in range(2)]
+  for pid, (p, _) in enumerate(procs):
+    assert p.returncode == 0, logs[pid][-4000:]
+  return logs

@@ -15,6 +15,8 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import assert_trees_equal
+
 from mrsr_jax import config_check, features, sharding
 from mrsr_jax.data import records
 from mrsr_jax.models import srgan, swap_ae, vit as vit_lib
@@ -279,9 +281,14 @@ def test_remat_same_params_and_gradients(name):
   remat = make(True).init(jax.random.key(3), *args, **kw)
   assert jax.tree.structure(plain) == jax.tree.structure(remat)   # checkpoints load either way
   g0, g1 = _grads(make(False), plain, loss), _grads(make(True), plain, loss)
-  assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(g0))
-  for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(g0))
+  assert scale > 0
+  # Round-off is relative to the gradient's scale, not to each leaf's: the ViT's final LayerNorm scale
+  # has gradients ~100 while its blocks' are ~5e-3, and float32 cancellation leaves ~1e-6 (1e-8 of the
+  # scale) in those (measured with XLA's CPU code at level 0, conftest). A remat that recomputed
+  # anything else would move a block's gradient by its own size, ~1e3 times this tolerance.
+  atol = max(1e-6, 1e-7 * scale)
+  assert_trees_equal(g0, g1, lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=atol))
 
 
 def _checkpoints(jaxpr, n=0):

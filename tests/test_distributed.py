@@ -4,53 +4,13 @@ the params of one process with 8 devices: jax.distributed's own multi-controller
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run_two_processes
 
 from mrsr_jax.train import checkpoints
-
-TIMEOUT_S = 420
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def run_two_processes(args, tmp_path, name):
-  """run.py with `args` as processes 0 and 1 of a two-process jax.distributed job (4 CPU devices
-  each, gloo collectives); returns their logs, failing the test if either fails or hangs."""
-  port = free_port()
-  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
-             XLA_FLAGS="--xla_force_host_platform_device_count=4", CUDA_VISIBLE_DEVICES="")
-  procs = []
-  for pid in range(2):
-    cmd = [sys.executable, os.path.join(ROOT, "run.py"), *args,
-           f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={pid}"]
-    log = open(tmp_path / f"{name}{pid}.log", "w")
-    procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), log))
-  try:
-    for p, _ in procs:
-      p.wait(timeout=TIMEOUT_S)
-  except subprocess.TimeoutExpired:
-    for p, _ in procs:
-      p.kill()
-    pytest.fail(f"multi-process run hung (> {TIMEOUT_S} s); logs in {tmp_path}")
-  finally:
-    for _, log in procs:
-      log.close()
-  logs = [(tmp_path / f"{name}{pid}.log").read_text() for pid in range(2)]
-  for pid, (p, _) in enumerate(procs):
-    assert p.returncode == 0, logs[pid][-4000:]
-  return logs
-
 
 def final_params(workdir):
   state, step = checkpoints.load_state(os.path.join(workdir, "sr", "checkpoints"))

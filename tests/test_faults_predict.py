@@ -606,7 +606,7 @@ def test_two_processes_write_the_one_process_output(trained, tmp_path):
   ref_out = str(tmp_path / "one_process.nii")
   predict.predict_file(config, workdir, src, ref_out)
 
-  from tests.test_distributed import run_two_processes
+  from conftest import run_two_processes
   out = str(tmp_path / "two_processes.nii")
   logs = run_two_processes([f"--config={ROOT}/configs/tiny.py", f"--workdir={workdir}",
                             f"--config.data_dir={config.data_dir}", "--mode=predict", f"--input={src}",
