@@ -162,7 +162,9 @@ def shared_compile_cache(compile_cache_dir):
 @pytest.fixture(scope="session")
 def trained(sample_data_dir, tmp_path_factory, compile_cache_dir):
   """All three stages of the tiny config, uninterrupted: (config, workdir, {stage: state}). Its
-  compiled steps go to the session's compilation cache (`shared_compile_cache`)."""
+  compiled steps go to the session's compilation cache (`shared_compile_cache`). Tests read it; the
+  one writer is test_evaluate_predict's report (<workdir>/eval), so a test that copies the workdir
+  leaves eval/ out (under xdist the other worker may be writing it)."""
   from mrsr_jax import compile_cache
   from mrsr_jax.train import pipeline
   config = tiny_config(sample_data_dir)

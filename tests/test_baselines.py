@@ -61,7 +61,8 @@ def test_a_finished_run_trains_its_baselines_and_reports_them(trained, tmp_path)
   from mrsr_jax.train import pipeline
   config, workdir, _ = trained
   run = str(tmp_path / "run")
-  shutil.copytree(workdir, run)
+  # Not its eval/: test_evaluate_predict writes that report, maybe at this moment on another worker.
+  shutil.copytree(workdir, run, ignore=shutil.ignore_patterns("eval"))
   before = snapshot(run)
   cfg = config.copy_and_resolve_references()
   cfg.baselines = ("srcnn",)
