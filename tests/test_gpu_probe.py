@@ -108,12 +108,35 @@ def test_budget_is_enforced_by_the_probe():
   assert row["note"].startswith("timeout: killed at the budget's end"), proc.stdout
 
 
-@pytest.mark.slow   # a PyTorch interpreter and torch.compile: 30-175 s; see below
+def test_torch_compile_budget_interrupts_the_compile_itself():
+  """The budget's alarm lands inside torch.compile's tracing and compiling, which catch Exception: an
+  Exception-based CompileBudget came back here wrapped in inductor's BackendCompilerFailed (an "error"
+  row), was swallowed by dynamo's tracing in a trial (the compile returned after 10.5 s) and let a
+  0.5 s budget run 159 s on a loaded machine (2026-12-04). Started at the compiled step's first call,
+  where the probe's alarm lands on a loaded machine."""
+  torch = pytest.importorskip("torch")
+  import time
+  net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(),
+                            torch.nn.Conv2d(8, 1, 3, padding=1))
+  opt = torch.optim.Adam(net.parameters())
+
+  def step(x):
+    opt.zero_grad()
+    loss = (net(x) ** 2).mean()
+    loss.backward()
+    opt.step()
+    return loss
+
+  t0 = time.monotonic()
+  with pytest.raises(gpu_probe.CompileBudget, match="did not finish within --torch_compile_s=1"):
+    gpu_probe._within(1.0, torch.compile(step), torch.randn(4, 1, 32, 32))
+  assert time.monotonic() - t0 < 5.0
+
+
+@pytest.mark.slow
 def test_torch_compile_is_given_up_after_its_budget():
-  """Slow, and failing on a loaded machine (2026-12-04, load ~7: torch.compile ran 159 s and the row
-  said "ok": the 0.5 s budget was not enforced; not yet explained, possibly SIGALRM's exception caught
-  inside torch.compile, which falls back to eager on errors). The budget that bounds the whole probe is
-  test_budget_is_enforced_by_the_probe's, in the default suite."""
+  """The probe's row (a child process, the tiny networks): where the 0.5 s lands depends on the
+  machine's speed (on a quiet one before torch.compile starts); the test above puts it inside."""
   proc = _run("--tiny", "--stages=compare", "--dtypes=float32", "--frameworks=torch_compile",
               "--torch_compile_s=0.5", timeout=300)
   (row,) = _tables(proc.stdout)[gpu_probe.COMPARE_COLUMNS]
