@@ -121,6 +121,6 @@ def test_readme_main_command_needs_no_tensorflow_and_ci_runs_the_readme_test_com
   readme = (ROOT / "README.md").read_text()
   installs = re.findall(r"^pip install -e (\S+) && ", readme, flags=re.M)
   assert len(installs) == 2 and installs[0] == "." and "tf" in re.findall(r"\w+", installs[1]), installs
-  test_cmd = next(line for line in readme.splitlines() if line.endswith("python -m pytest -q"))
+  test_cmd = next(line for line in readme.splitlines() if line.endswith("python -m pytest -q -n 2"))
   ci = (ROOT / ".ci" / "run").read_text()
   assert test_cmd.replace("pip install -e", "pip install -q -e") in ci
